@@ -1,0 +1,31 @@
+"""Tiny random models in Hugging Face folder layouts, built fully offline.
+
+Every model class the toolkit loads, at toy size, saved the way the real ones are saved, so tests,
+the bundled demo and benchmarks load them through the same `from_pretrained` calls as production:
+
+- `make_tiny_sd(folder)`: SD-1.5 pipeline folder (`StableDiffusionPipeline.from_pretrained`).
+- `make_tiny_instruct_pix2pix(folder)`: InstructPix2Pix folder (8-channel UNet input).
+- `make_tiny_llava(folder)`: LLaVA-1.5 folder (`LlavaForConditionalGeneration` + `AutoProcessor`).
+- `make_clip_tokenizer(folder)`, `make_llama_tokenizer(folder)`: the tokenizers alone.
+
+Same seed → same weights. Importing this package is cheap: torch, diffusers and transformers are
+imported inside the functions.
+"""
+
+from .llava import LLAVA_CHAT_TEMPLATE, make_tiny_llava, tiny_llava
+from .sd import make_tiny_instruct_pix2pix, make_tiny_sd, tiny_sd_components, vae_scale_factor
+from .tokenizers import IMAGE_TOKEN, corpus, make_clip_tokenizer, make_llama_tokenizer
+
+__all__ = [
+    "IMAGE_TOKEN",
+    "LLAVA_CHAT_TEMPLATE",
+    "corpus",
+    "make_clip_tokenizer",
+    "make_llama_tokenizer",
+    "make_tiny_instruct_pix2pix",
+    "make_tiny_llava",
+    "make_tiny_sd",
+    "tiny_llava",
+    "tiny_sd_components",
+    "vae_scale_factor",
+]

@@ -1,0 +1,44 @@
+"""The `lego` front end: instant start, help with examples, exit codes, one-line errors."""
+
+import subprocess
+import sys
+
+from conftest import run_cli, run_lego
+from lego_cli.main import COMMANDS
+from lego_core import __version__
+
+
+def test_importing_the_cli_imports_nothing_heavy():
+    code = ("import sys, lego_cli.main; from lego_cli.main import cli; "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'deepspeed', 'webdataset', 'av', 'numpy') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_lists_every_command_and_each_has_an_example():
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+        sub = run_cli(name, "--help")
+        assert sub.exit_code == 0
+        assert "Example" in sub.output and f"lego {name}" in sub.output
+
+
+def test_version_and_console_script():
+    proc = run_lego("--version")
+    assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_usage_errors_exit_2():
+    assert run_lego("no-such-command").returncode == 2
+    assert run_lego("extract").returncode == 2          # missing required options
+    proc = run_lego("inspect", "/nonexistent/shards-{0..3}.tar")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "lego: error:" in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run_lego("--debug", "inspect", str(tmp_path / "missing.tar"))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
