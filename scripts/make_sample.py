@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--actions", type=int, default=0, help="actions in the CSV (default: max(50, 1 per 2 s))")
     a = p.parse_args(argv)
     if (a.out_dir is None) == (a.bench_video is None):
-        p.error("give OUT_DIR or --bench-video, not both")
+        p.error("give exactly one of OUT_DIR or --bench-video")
     t = time.perf_counter()
     if a.out_dir:
         out = S.make_sample(a.out_dir, seed=a.seed)

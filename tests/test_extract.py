@@ -103,11 +103,11 @@ def test_bad_rows_and_bad_videos_are_skipped_not_fatal(sample, tmp_path):
     rows = list(csv.DictReader(open(annotations)))[:3]
     extra = [dict(rows[0], narration_id="P09_901_1", video_id="P09_901"),               # no such video
              dict(rows[0], narration_id="P03_901_1", video_id="P03_901"),               # corrupt video
-             dict(rows[0], narration_id="P01_901_99", start_timestamp="00:10:00.00",
+             dict(rows[0], narration_id="P01_91_99", start_timestamp="00:10:00.00",
                   stop_timestamp="00:10:02.00"),                                         # past the end
-             dict(rows[0], narration_id="P01_901_98", start_timestamp="00:00:05.00",
+             dict(rows[0], narration_id="P01_91_98", start_timestamp="00:00:05.00",
                   stop_timestamp="00:00:04.00"),                                         # stop < start
-             dict(rows[0], narration_id="P01_901_97", start_timestamp="soon")]           # unparsable
+             dict(rows[0], narration_id="P01_91_97", start_timestamp="soon")]           # unparsable
     write_epic_csv(tmp_path / "a.csv", rows + extra)
     broken = tmp_path / "videos"
     broken.mkdir()
@@ -157,16 +157,25 @@ def test_plan_prints_json_lines_only(sample, tmp_path):
     assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == 4
 
 
-def test_workers_give_the_same_shards(sample, tmp_path):
-    annotations, videos = epic_dirs(sample)
+def test_workers_give_the_same_shards(tmp_path):
+    """Parallel across videos and within a long one: byte-identical shards whatever --workers."""
+    rows = make_epic_actions("P01_91", 20.0, 32, seed=3) + make_epic_actions("P02_91", 6.0, 4, seed=3)
+    write_epic_csv(tmp_path / "a.csv", rows)
+    write_indexed_video(tmp_path / "videos" / "P01_91.mp4", round(20 * 60000 / 1001), width=256, height=144)
+    write_indexed_video(tmp_path / "videos" / "P02_91.mp4", round(6 * 60000 / 1001), width=256, height=144)
     for workers in (1, 2):
-        result = run_cli("extract", "--dataset", "epic-kitchens", "--annotations", annotations, "--videos", videos,
-                         "--out", tmp_path / f"w{workers}/s-%06d.tar", "--workers", workers,
-                         "--max-samples-per-shard", 5)
+        result = run_cli("extract", "--dataset", "epic-kitchens", "--annotations", tmp_path / "a.csv",
+                         "--videos", tmp_path / "videos", "--out", tmp_path / f"w{workers}/s-%06d.tar",
+                         "--workers", workers, "--max-samples-per-shard", 10, "--size", 144)
         assert result.exit_code == 0, result.output
     one, two = sorted((tmp_path / "w1").glob("*.tar")), sorted((tmp_path / "w2").glob("*.tar"))
     assert len(one) == len(two) == 4
     assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    samples = read_shards(tmp_path / "w2")
+    assert len(samples) == 36
+    for s in samples.values():
+        meta = json.loads(s["meta.json"])
+        assert frame_index(s["target.jpg"]) == round(meta["t_target"] * 60000 / 1001)
 
 
 def test_released_frames_layout(tmp_path):
@@ -190,9 +199,9 @@ def test_released_frames_layout(tmp_path):
 
 
 def test_kill_9_then_rerun_writes_every_pair_exactly_once(tmp_path):
-    rows = make_epic_actions("P01_901", 40.0, 40, seed=2)
+    rows = make_epic_actions("P01_91", 40.0, 40, seed=2)
     write_epic_csv(tmp_path / "a.csv", rows)
-    write_indexed_video(tmp_path / "videos" / "P01_901.mp4", round(40 * 60000 / 1001), width=256, height=144)
+    write_indexed_video(tmp_path / "videos" / "P01_91.mp4", round(40 * 60000 / 1001), width=256, height=144)
     out = tmp_path / "out"
     args = [LEGO, "extract", "--dataset", "epic-kitchens", "--annotations", str(tmp_path / "a.csv"),
             "--videos", str(tmp_path / "videos"), "--out", str(out / "s-%06d.tar"),
@@ -213,7 +222,7 @@ def test_kill_9_then_rerun_writes_every_pair_exactly_once(tmp_path):
     for path in sorted(out.glob("s-*.tar")):
         with tarfile.open(path) as tar:
             keys += [m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".meta.json")]
-    assert sorted(keys) == sorted(f"epic-kitchens-P01_901-{r['narration_id']}" for r in rows)
+    assert sorted(keys) == sorted(f"epic-kitchens-P01_91-{r['narration_id']}" for r in rows)
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 

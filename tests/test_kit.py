@@ -21,6 +21,18 @@ from lego_core.kit import (
 SENTENCE = "The person is cutting the onion with a knife on the chopping board."
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine thread oversubscription
+    made this module 2-3x slower; restored afterwards so other modules are unaffected."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tensors(path):
     from safetensors.torch import load_file
 
@@ -135,7 +147,7 @@ def test_bpe_training_is_deterministic():
 
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    return make_tiny_sd(tmp_path_factory.mktemp("kit") / "sd", sample_size=16)
+    return make_tiny_sd(tmp_path_factory.mktemp("kit") / "sd", sample_size=8)
 
 
 def test_sd_folder_layout_and_components(sd_folder):
@@ -150,6 +162,8 @@ def test_sd_folder_layout_and_components(sd_folder):
     assert not list(sd_folder.rglob("*.bin"))
     for sub in ("unet", "vae", "text_encoder"):
         assert list((sd_folder / sub).glob("*.safetensors"))
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):  # SD-1.5 layout + transformers 5.x
+        assert (sd_folder / "tokenizer" / name).is_file()
 
     unet = UNet2DConditionModel.from_pretrained(sd_folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(sd_folder, subfolder="vae")
@@ -157,7 +171,7 @@ def test_sd_folder_layout_and_components(sd_folder):
     tokenizer = CLIPTokenizer.from_pretrained(sd_folder, subfolder="tokenizer")
     scheduler = PNDMScheduler.from_pretrained(sd_folder, subfolder="scheduler")
 
-    assert unet.config.in_channels == 4 and unet.config.sample_size == 16
+    assert unet.config.in_channels == 4 and unet.config.sample_size == 8
     assert unet.config.down_block_types == ["CrossAttnDownBlock2D", "DownBlock2D"]
     assert unet.config.cross_attention_dim == text_encoder.config.hidden_size == 32
     assert text_encoder.config.vocab_size == len(tokenizer)
@@ -171,10 +185,10 @@ def test_sd_folder_layout_and_components(sd_folder):
     ids = tokenizer([SENTENCE], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         cond = text_encoder(ids)[0]
-        latents = vae.encode(torch.zeros(1, 3, 128, 128)).latent_dist.mode()
+        latents = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
         eps = unet(latents, 10, encoder_hidden_states=cond).sample
     assert cond.shape == (1, 77, 32)
-    assert latents.shape == (1, 4, 16, 16) and eps.shape == latents.shape
+    assert latents.shape == (1, 4, 8, 8) and eps.shape == latents.shape
 
 
 def test_sd_pipeline_generates(sd_folder):
@@ -187,7 +201,7 @@ def test_sd_pipeline_generates(sd_folder):
     assert pipe.vae_scale_factor == vae_scale_factor() == 8
     out = pipe(SENTENCE, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
     image = out.images[0]
-    assert image.shape == (128, 128, 3) and np.isfinite(image).all()
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()  # sample_size × 8
     assert image.std() > 0
 
 
@@ -203,11 +217,11 @@ def test_instruct_pix2pix_pipeline_generates(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.config.in_channels == 8 and pipe.vae_scale_factor == 2
     assert isinstance(pipe.scheduler, EulerAncestralDiscreteScheduler)
-    x = Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype("uint8"))
+    x = Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 255).astype("uint8"))
     out = pipe(
         "cut onion", image=x, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pil"
     )
-    assert out.images[0].size == (64, 48)
+    assert out.images[0].size == (32, 24)
 
 
 def test_sd_weights_follow_the_seed(tmp_path):
@@ -226,8 +240,6 @@ def test_sd_weights_follow_the_seed(tmp_path):
 
 
 def test_bigger_variant_builds():
-    import torch
-
     parts = tiny_sd_components(
         unet_block_out_channels=(32, 32, 64, 64), layers_per_block=2, cross_attention_dim=64,
         vae_block_out_channels=(8, 16, 16, 16), text_layers=3, sample_size=8,
@@ -235,10 +247,9 @@ def test_bigger_variant_builds():
     unet, te = parts["unet"], parts["text_encoder"]
     assert list(unet.config.down_block_types) == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
     assert list(unet.config.up_block_types) == ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
+    assert unet.config.layers_per_block == 2 and unet.config.cross_attention_dim == 64
     assert te.config.num_hidden_layers == 3 and te.config.hidden_size == 64
-    with torch.no_grad():
-        eps = unet(torch.zeros(1, 4, 8, 8), 1, encoder_hidden_states=torch.zeros(1, 77, 64)).sample
-    assert eps.shape == (1, 4, 8, 8)
+    assert len(unet.down_blocks[0].resnets) == 2
 
 
 # ------------------------------------------------------------------------------------- LLaVA

@@ -97,14 +97,14 @@ def _video_duration(path) -> tuple[float, int]:
 
 def test_sample_epic_annotations(sample):
     out, paths = sample
-    assert paths["epic_videos"][0] == str(out / "epic-kitchens/videos/P01/videos/P01_901.MP4")
+    assert paths["epic_videos"][0] == str(out / "epic-kitchens/videos/P01/videos/P01_91.MP4")
     with open(paths["epic_csv"], newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == S.EPIC_COLUMNS and len(S.EPIC_COLUMNS) == 15
     with open(paths["epic_video_info"], newline="") as f:
         info = {r["video_id"]: r for r in csv.DictReader(f)}
-    assert set(info) == {"P01_901", "P02_901"} and len(rows) == 16
+    assert set(info) == {"P01_91", "P02_91"} and len(rows) == 16
     for r in rows:
         dur, _ = _video_duration(out / f"epic-kitchens/videos/{r['participant_id']}/videos/{r['video_id']}.MP4")
         assert float(info[r["video_id"]]["duration"]) == pytest.approx(dur, abs=1e-3)

@@ -13,7 +13,7 @@ NTSC = Fraction(60000, 1001)
 
 @pytest.fixture(scope="module")
 def video_5994(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "P01_901.MP4"
+    path = tmp_path_factory.mktemp("v") / "P01_91.MP4"
     info = write_indexed_video(path, 480, fps=NTSC, width=384, height=216, gop_seconds=1.0, bframes=3)
     return path, info
 

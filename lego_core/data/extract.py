@@ -229,20 +229,38 @@ def _pairs_from_frames(job: VideoJob) -> tuple[list[dict], list[Reject]]:
 
 
 def _jobs(cfg: ExtractConfig, actions: list[Action]) -> list[VideoJob]:
+    """One job per video, its actions in time order; long videos split when workers would idle."""
     by_video: dict[str, list[Action]] = {}
     for a in actions:
         by_video.setdefault(a.video_id, []).append(a)
     if cfg.videos:
-        root = Path(cfg.videos)
-        index = index_videos(root)
+        index = index_videos(Path(cfg.videos))
         source = {v: str(index[v]) if v in index else None for v in by_video}
         mode = "video"
     else:
         root = Path(cfg.frames)
         source = {v: str(d) if (d := find_frames_dir(root, v)) else None for v in by_video}
         mode = "frames"
-    return [VideoJob(v, source[v], mode, acts, cfg.size, cfg.resize, cfg.quality, cfg.frames_fps)
-            for v, acts in sorted(by_video.items())]
+    jobs = []
+    for video_id, acts in sorted(by_video.items()):
+        acts.sort(key=lambda a: (a.t_input, a.t_target, a.key))
+        for chunk in _split(acts, _pieces(len(acts), len(actions), cfg.workers)):
+            jobs.append(VideoJob(video_id, source[video_id], mode, chunk, cfg.size, cfg.resize,
+                                 cfg.quality, cfg.frames_fps))
+    return jobs
+
+
+def _pieces(n_video: int, n_total: int, workers: int) -> int:
+    """How many parts to cut a video into so that about 2 jobs per worker exist; each part still
+    reads its stretch of the video in one pass, so only the cut points cost an extra seek."""
+    if workers <= 1:
+        return 1
+    return max(1, min(n_video // 8, round(2 * workers * n_video / max(n_total, 1))))
+
+
+def _split(items: list, parts: int) -> list[list]:
+    size = -(-len(items) // parts)
+    return [items[i: i + size] for i in range(0, len(items), size)]
 
 
 def check_config(cfg: ExtractConfig) -> None:

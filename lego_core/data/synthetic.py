@@ -251,7 +251,9 @@ def render_frame(index: int, width: int, height: int, *, seed: int = 0,
     skin = np.array(SKIN, np.uint8)
     for centre in hands if hands is not None else idle_hands(index):
         cx, cy = _clamp_hand(centre)
-        x0, y0 = round(cx * width - pw / 2), round(cy * height - ph / 2)
+        # clamp in pixels too: a negative start would wrap around in numpy slicing
+        x0 = min(max(0, round(cx * width - pw / 2)), width - pw)
+        y0 = min(max(0, round(cy * height - ph / 2)), height - ph)
         arm = max(1, round(0.6 * pw))
         ax0 = x0 + (pw - arm) // 2
         frame[y0 + ph // 2 :, max(0, ax0) : ax0 + arm] = (0.9 * skin).astype(np.uint8)
@@ -344,9 +346,11 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
             # slower here than x264's own frame threads.
             stream.codec_context.thread_type = "FRAME"
             stream.codec_context.thread_count = threads
+            # b_strategy 0 (x264's b-adapt=0) keeps the fixed I/P + B pattern cameras write;
+            # adaptive placement puts almost no B-frames in these mostly static scenes.
             stream.options = {
                 "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": str(bframes),
-                "crf": str(crf), "preset": preset,
+                "b_strategy": "0", "crf": str(crf), "preset": preset,
             }
             for i in range(n_frames):
                 rgb = render_frame(i, width, height, seed=seed, hands=hands(i) if hands else None)
@@ -579,13 +583,13 @@ def make_sample(out_dir, *, seed: int = 0, epic_seconds: float = 24.0, ego4d_sec
                 width: int = 640, height: int = 360) -> dict:
     """The bundled sample: 2 EPIC-style videos (59.94 fps, 8 actions each) and 2 Ego4D-style
     videos (30 fps, 5 actions each, one without critical frames, one rejected) in the official
-    folder layouts, with annotations in the real formats. Ids are made up (P01_901, P02_901 and
+    folder layouts, with annotations in the real formats. Ids are made up (P01_91, P02_91: two digits, so the released frames would be 60 fps; and
     seeded UUIDs) so they never collide with real ones. Returns the paths written.
     """
     out = Path(out_dir)
     epic, ego = out / "epic-kitchens", out / "ego4d"
     rows, infos, paths = [], [], {"epic_videos": [], "ego4d_videos": []}
-    for k, vid in enumerate(["P01_901", "P02_901"]):
+    for k, vid in enumerate(["P01_91", "P02_91"]):
         n = round(epic_seconds * EPIC_FPS)
         vrows = make_epic_actions(vid, float(n / EPIC_FPS), 8, seed)
         video = epic / "videos" / vid.split("_")[0] / "videos" / f"{vid}.MP4"

@@ -208,5 +208,5 @@ def _save(pipeline_cls, folder: str | Path, components: dict) -> Path:
     folder = Path(folder)
     pipe = pipeline_cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
-    write_clip_vocab_files(folder / "tokenizer", vocab_size=len(components["tokenizer"]))
+    write_clip_vocab_files(folder / "tokenizer", components["tokenizer"])
     return folder

@@ -219,6 +219,8 @@ def _clip_vocab_merges(vocab_size: int) -> tuple[dict[str, int], tuple[tuple[str
     """CLIP-style byte-level BPE vocab/merges, laid out like OpenAI CLIP's vocab."""
     from transformers import CLIPTokenizer
 
+    if vocab_size < 600:
+        raise ValueError(f"CLIP vocab_size {vocab_size} < 600: 514 ids go to bytes and specials alone")
     # CLIPTokenizer's own normaliser + pre-tokeniser split the corpus exactly as the loaded
     # tokenizer will split text.
     backend = CLIPTokenizer().backend_tokenizer
@@ -265,21 +267,22 @@ def make_clip_tokenizer(folder: str | Path | None = None, *, vocab_size: int = 1
         return tok
     folder = Path(folder)
     tok.save_pretrained(folder)
-    write_clip_vocab_files(folder, vocab_size=vocab_size)
+    write_clip_vocab_files(folder, tok)
     return CLIPTokenizer.from_pretrained(folder)
 
 
-def write_clip_vocab_files(folder: str | Path, *, vocab_size: int = 1000) -> None:
-    """Add `vocab.json` + `merges.txt` beside `tokenizer.json`, as SD-1.5's tokenizer folder has.
+def write_clip_vocab_files(folder: str | Path, tokenizer) -> None:
+    """Add `vocab.json` + `merges.txt` (from `tokenizer`) beside `tokenizer.json`, as SD-1.5 has.
 
     transformers 5.x saves only `tokenizer.json`; SD-1.5 ships only vocab.json/merges.txt. Writing
     both makes the folder loadable either way (and by transformers 4.x's slow CLIPTokenizer).
     """
     import json
 
-    vocab, merges = _clip_vocab_merges(vocab_size)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
     folder = Path(folder)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -294,6 +297,8 @@ def _llama_vocab_merges(vocab_size: int) -> tuple[dict[str, int], tuple[tuple[st
     """SentencePiece-style (`▁`-prefixed words) BPE vocab/merges, laid out like Llama's vocab."""
     from tokenizers import pre_tokenizers
 
+    if vocab_size < 450:
+        raise ValueError(f"Llama vocab_size {vocab_size} < 450: 354 ids go to bytes, ASCII and specials alone")
     metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     words = _word_counts(metaspace.pre_tokenize_str)
     ascii_chars = [chr(c) for c in range(33, 127)] + ["▁"]
