@@ -24,7 +24,7 @@ from lego_cli.common import echo_result, quiet
 @click.option("--resize", type=click.Choice(["short", "square"]), default="short",
               help="'short': short side = --size, aspect kept; 'square': --size x --size.")
 @click.option("--quality", default=95, help="JPEG quality of the stored frames.")
-@click.option("--workers", default=1, help="Videos decoded in parallel (processes).")
+@click.option("--workers", default=0, help="Processes decoding videos (and parts of long ones) in parallel; 0: one per available core, at most 8.")
 @click.option("--limit", type=int, help="Only the first N planned pairs.")
 @click.option("--input-offset", default=0.25, help="EPIC-KITCHENS: input frame this many seconds before the start.")
 @click.option("--target-fraction", default=0.6, help="EPIC-KITCHENS: action frame at start + F * (stop - start).")

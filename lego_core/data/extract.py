@@ -37,7 +37,7 @@ class ExtractConfig:
     size: int = 256                            # stored frames: short side (or square) in pixels; 0 keeps the original
     resize: str = "short"                      # "short" keeps the aspect ratio, "square" squashes to size x size
     quality: int = 95                          # JPEG quality
-    workers: int = 1
+    workers: int = 0                           # 0: one per available core, at most 8
     limit: int | None = None
     input_before_start: float = 0.25           # EPIC-KITCHENS: X at start - 0.25 s
     target_fraction: float = 0.6               # EPIC-KITCHENS: Y at start + 0.6 (stop - start)
@@ -131,6 +131,7 @@ class VideoJob:
     resize: str
     quality: int
     frames_fps: float | None = None
+    decoder_threads: bool = True      # off when several workers already share the cores
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
@@ -167,7 +168,7 @@ def _pairs_from_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
     from lego_core.data.video import FrameError, VideoReader
 
     try:
-        reader = VideoReader(job.source, size=job.size, resize=job.resize)
+        reader = VideoReader(job.source, size=job.size, resize=job.resize, threads=job.decoder_threads)
     except FrameError as e:
         return [], [Reject(a.key, e.reason, e.detail) for a in job.actions]
     with reader:
@@ -228,7 +229,7 @@ def _pairs_from_frames(job: VideoJob) -> tuple[list[dict], list[Reject]]:
 # The job
 
 
-def _jobs(cfg: ExtractConfig, actions: list[Action]) -> list[VideoJob]:
+def _jobs(actions: list[Action], cfg: ExtractConfig, workers: int) -> list[VideoJob]:
     """One job per video, its actions in time order; long videos split when workers would idle."""
     by_video: dict[str, list[Action]] = {}
     for a in actions:
@@ -244,9 +245,9 @@ def _jobs(cfg: ExtractConfig, actions: list[Action]) -> list[VideoJob]:
     jobs = []
     for video_id, acts in sorted(by_video.items()):
         acts.sort(key=lambda a: (a.t_input, a.t_target, a.key))
-        for chunk in _split(acts, _pieces(len(acts), len(actions), cfg.workers)):
+        for chunk in _split(acts, _pieces(len(acts), len(actions), workers)):
             jobs.append(VideoJob(video_id, source[video_id], mode, chunk, cfg.size, cfg.resize,
-                                 cfg.quality, cfg.frames_fps))
+                                 cfg.quality, cfg.frames_fps, decoder_threads=workers == 1))
     return jobs
 
 
@@ -276,8 +277,16 @@ def check_config(cfg: ExtractConfig) -> None:
         raise BadInput(f"--resize must be 'short' or 'square', not {cfg.resize!r}")
     if not 1 <= cfg.quality <= 100:
         raise BadInput(f"--quality must be in 1..100, not {cfg.quality}")
-    if cfg.size < 0 or cfg.workers < 1 or cfg.max_samples_per_shard < 1:
-        raise BadInput("--size must be >= 0, --workers and --max-samples-per-shard >= 1")
+    if cfg.size < 0 or cfg.workers < 0 or cfg.max_samples_per_shard < 1:
+        raise BadInput("--size and --workers must be >= 0, --max-samples-per-shard >= 1")
+
+
+def available_cores() -> int:
+    """Cores this process may use (a SLURM or cgroup CPU set, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _pool_map(jobs: list[VideoJob], workers: int):
@@ -297,6 +306,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> ExtractSummary:
     from lego_core.data import shards
 
     check_config(cfg)
+    workers = cfg.workers or min(8, available_cores())
     started = time.perf_counter()
     actions, rejects = plan(cfg)
     pattern = shards.shard_pattern(cfg.out)
@@ -320,7 +330,7 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> ExtractSummary:
 
         for r in rejects:
             skip(r)
-        for job, (samples, failed) in _pool_map(_jobs(cfg, todo), cfg.workers):
+        for job, (samples, failed) in _pool_map(_jobs(todo, cfg, workers), workers):
             for sample in samples:
                 writer.write(sample)
             for r in failed:
