@@ -28,3 +28,12 @@ def run_lego(*args: str, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed `lego` console script as a real subprocess."""
     env = {**os.environ, **kwargs.pop("env", {})}
     return subprocess.run([LEGO, *map(str, args)], capture_output=True, text=True, env=env, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models on a 2-core machine: extra intra-op threads only fight each other (3x slower)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("LEGO_TEST_TORCH_THREADS", "1")))
+    yield
