@@ -1,0 +1,113 @@
+"""Loading a LEGO model folder, and building a trainable one from pretrained parts.
+
+The authors start from Stable Diffusion 1.5 and widen the UNet's conv_in from 4 to 8 input
+channels (the VAE latent of X is concatenated to the noisy latent of Y): the old weights are
+copied and the new channels start at zero, so the widened UNet initially ignores X and behaves
+like the pretrained one. An InstructPix2Pix folder already has 8 channels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from lego_core.errors import BadInput
+
+log = logging.getLogger("lego.diffusion")
+
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_model_folder(folder: str | Path, *, parts=PARTS) -> Path:
+    """A local diffusers folder with every part, or BadInput naming what is missing."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise BadInput(f"model folder not found: {path} (train one with `lego train`, or pass a diffusers folder)")
+    if not (path / "model_index.json").is_file():
+        raise BadInput(f"{path} is not a diffusers model folder (no model_index.json)")
+    missing = [p for p in parts if not (path / p).is_dir()]
+    if missing:
+        raise BadInput(f"model folder {path} is missing {', '.join(missing)}/; it must hold {', '.join(parts)}")
+    return path
+
+
+def widen_conv_in(unet, in_channels: int = 8):
+    """UNet with conv_in taking `in_channels`: the old channels copied, the new ones zero."""
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return unet
+    if old.in_channels > in_channels:
+        raise ValueError(f"UNet already takes {old.in_channels} channels, more than {in_channels}")
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                          dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+def vllm_width(vllm: int | str | Path) -> int:
+    """The VLLM's hidden size: a number, or read from a LLaVA folder's config.json."""
+    if isinstance(vllm, int):
+        return vllm
+    if str(vllm).isdigit():
+        return int(vllm)
+    config = Path(vllm) / "config.json"
+    if not config.is_file():
+        raise BadInput(f"no LLaVA config at {config}; pass the LLaVA folder or the VLLM width as a number")
+    data = json.loads(config.read_text())
+    text = data.get("text_config") or {}
+    width = text.get("hidden_size") or data.get("hidden_size")
+    if not width:
+        raise BadInput(f"{config} names no hidden_size (text_config.hidden_size); pass the VLLM width as a number")
+    return int(width)
+
+
+def build_from_pretrained(base: str | Path, *, conditioning: str = "description+joint",
+                          vllm: int | str | Path | None = 5120, scheduler: str = "euler_a",
+                          torch_dtype=torch.float32):
+    """A trainable LegoPipeline from an SD-1.5-layout or InstructPix2Pix folder (or hub id)."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from lego_core.diffusion.conditioner import LegoConditioner, uses_image_embeds, uses_text_embeds
+    from lego_core.diffusion.pipeline import LegoPipeline
+
+    if Path(str(base)).exists():
+        check_model_folder(base)
+    load = dict(pretrained_model_name_or_path=str(base))
+    unet = UNet2DConditionModel.from_pretrained(**load, subfolder="unet", dtype=torch_dtype)
+    vae = AutoencoderKL.from_pretrained(**load, subfolder="vae", dtype=torch_dtype)
+    text_encoder = CLIPTextModel.from_pretrained(**load, subfolder="text_encoder", dtype=torch_dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(**load, subfolder="tokenizer")
+    sched_config = EulerAncestralDiscreteScheduler.load_config(str(base), subfolder="scheduler")
+    sched = EulerAncestralDiscreteScheduler.from_config(sched_config) if scheduler == "euler_a" else None
+    if sched is None:
+        raise BadInput(f"unknown scheduler {scheduler!r}")
+    widen_conv_in(unet, 8)
+    conditioner = None
+    if uses_image_embeds(conditioning) or uses_text_embeds(conditioning) or conditioning in ("label", "description"):
+        width = vllm_width(vllm) if vllm is not None else 5120
+        conditioner = LegoConditioner(vllm_dim=width, cross_attention_dim=unet.config.cross_attention_dim,
+                                      conditioning=conditioning).to(torch_dtype)
+    return LegoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sched,
+                        conditioner=conditioner)
+
+
+def load_pipeline(folder: str | Path, *, device: str = "cpu", torch_dtype=torch.float32):
+    """A LegoPipeline from a folder `save_pretrained` wrote (or a hub id)."""
+    from lego_core.diffusion.pipeline import LegoPipeline
+
+    if Path(str(folder)).exists() or "/" not in str(folder):
+        check_model_folder(folder)
+    try:
+        pipe = LegoPipeline.from_pretrained(str(folder), dtype=torch_dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise BadInput(f"cannot load the model in {folder}: {e}") from None
+    return pipe.to(device)
