@@ -19,6 +19,7 @@ from lego_core import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("extract", "Video + action annotations -> (input frame, action frame) pairs in shards."),
     "inspect": ("inspect", "Count, list and validate the samples of a shard set."),
+    "generate": ("generate", "A frame + an action prompt -> the action frame (and the description)."),
 }
 
 

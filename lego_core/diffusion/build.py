@@ -95,9 +95,28 @@ def build_from_pretrained(base: str | Path, *, conditioning: str = "description+
     if uses_image_embeds(conditioning) or uses_text_embeds(conditioning) or conditioning in ("label", "description"):
         width = vllm_width(vllm) if vllm is not None else 5120
         conditioner = LegoConditioner(vllm_dim=width, cross_attention_dim=unet.config.cross_attention_dim,
-                                      conditioning=conditioning).to(torch_dtype)
+                                      conditioning=conditioning)
+        if torch_dtype != torch.float32:
+            conditioner = conditioner.to(torch_dtype)
     return LegoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sched,
                         conditioner=conditioner)
+
+
+def folder_conditioning(folder: str | Path) -> str:
+    """The conditioning a saved model was trained with, read from its config alone."""
+    config = Path(folder) / "conditioner" / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("conditioning", "description")
+    return "description"
+
+
+def quiet_loading() -> None:
+    """No per-file progress bars from diffusers/transformers while loading: ours is the one that counts."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def load_pipeline(folder: str | Path, *, device: str = "cpu", torch_dtype=torch.float32):
@@ -106,6 +125,7 @@ def load_pipeline(folder: str | Path, *, device: str = "cpu", torch_dtype=torch.
 
     if Path(str(folder)).exists() or "/" not in str(folder):
         check_model_folder(folder)
+    quiet_loading()
     try:
         pipe = LegoPipeline.from_pretrained(str(folder), dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as e:

@@ -1,0 +1,127 @@
+"""`lego generate` through the CLI on a saved tiny LEGO model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli, run_lego
+from lego_core.diffusion.build import build_from_pretrained
+from lego_core.diffusion.generate import load_image, output_paths
+from lego_core.kit import make_tiny_instruct_pix2pix
+
+FAST = ["--steps", "2", "--size", "64"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A saved LEGO model with description conditioning (no VLLM needed)."""
+    root = tmp_path_factory.mktemp("model")
+    base = make_tiny_instruct_pix2pix(root / "ip2p", sample_size=8)
+    pipe = build_from_pretrained(base, conditioning="description", vllm=16)
+    pipe.save_pretrained(root / "lego")
+    return root / "lego"
+
+
+@pytest.fixture(scope="module")
+def joint_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("joint")
+    base = make_tiny_instruct_pix2pix(root / "ip2p", sample_size=8)
+    build_from_pretrained(base, conditioning="description+joint", vllm=16).save_pretrained(root / "lego")
+    return root / "lego"
+
+
+@pytest.fixture
+def frame(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "frame.jpg"
+    Image.fromarray(rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_one_image_per_prompt_named_after_it_at_the_input_aspect(model, frame, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("generate", frame, "cut onion", "open fridge", "cut onion", "--model", model, "-o", out,
+                     "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in records] == ["cut onion", "open fridge", "cut onion"]
+    names = [r["output"].split("/")[-1] for r in records]
+    assert names == ["frame-cut-onion.png", "frame-open-fridge.png", "frame-cut-onion-2.png"]
+    for r in records:
+        assert Image.open(r["output"]).size == (114, 64)     # 160x90 -> short side 64, aspect kept
+        assert r["description"] == r["prompt"] and r["steps"] == 2 and r["seed"] == 0
+
+
+def test_same_seed_same_image_and_model_from_env(model, frame, tmp_path, monkeypatch):
+    a = run_cli("generate", frame, "cut onion", "-o", tmp_path / "a.png", *FAST, "--model", model)
+    monkeypatch.setenv("LEGO_MODEL", str(model))
+    b = run_cli("generate", frame, "cut onion", "-o", tmp_path / "b.png", *FAST)
+    assert a.exit_code == 0 and b.exit_code == 0, b.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+    c = run_cli("generate", frame, "cut onion", "-o", tmp_path / "c.png", *FAST, "--seed", "1")
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "c.png")))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "exif"])
+def test_any_image_mode_works(mode, tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    path = tmp_path / ("x.jpg" if mode in ("CMYK", "exif") else "x.png")
+    if mode == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6                                     # rotated 90°: stored 60x40, shown 40x60
+        rgb.save(path, exif=exif)
+    else:
+        (rgb.convert("RGBA") if mode == "RGBA" else rgb.convert(mode)).save(path)
+    im = load_image(path)
+    assert im.mode == "RGB"
+    assert im.size == ((40, 60) if mode == "exif" else (60, 40))
+
+
+def test_bad_inputs_exit_2_and_write_nothing(model, joint_model, frame, tmp_path, monkeypatch):
+    monkeypatch.delenv("LEGO_MODEL", raising=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text("{}")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    cases = [
+        ("generate", tmp_path / "missing.jpg", "cut onion", "--model", model),
+        ("generate", tmp_path / "junk.jpg", "cut onion", "--model", model),
+        ("generate", frame, "  ", "--model", model),
+        ("generate", frame, "cut onion"),                                   # no model anywhere
+        ("generate", frame, "cut onion", "--model", tmp_path / "broken"),   # a folder missing parts
+        ("generate", frame, "cut onion", "--model", joint_model),           # needs --vllm
+    ]
+    for args in cases:
+        result = run_cli(*args, "-o", tmp_path / "out", *FAST)
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("lego: error:")
+        assert not (tmp_path / "out").exists()
+    proc = run_lego(*cases[-1], "-o", tmp_path / "out", *FAST)     # and as a real process
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--vllm" in proc.stderr
+
+
+def test_batch_mode_names_outputs_by_key_and_resumes(model, frame, tmp_path):
+    requests = tmp_path / "req.jsonl"
+    requests.write_text("\n".join(json.dumps(r) for r in [
+        {"key": "ego4d-a-1", "image": str(frame), "prompt": "cut onion"},
+        {"key": "ego4d-a-2", "image": str(tmp_path / "missing.jpg"), "prompt": "wash plate"},
+        {"key": "ego4d-a-3", "image": str(frame), "prompt": "open fridge"},
+    ]) + "\n")
+    out = tmp_path / "gen"
+    first = run_cli("generate", "--batch", requests, "--model", model, "-o", out, "--json", *FAST)
+    assert first.exit_code == 0, first.output
+    assert [json.loads(x)["key"] for x in first.stdout.splitlines()] == ["ego4d-a-1", "ego4d-a-3"]
+    assert sorted(p.name for p in out.iterdir()) == ["ego4d-a-1.png", "ego4d-a-3.png"]
+    assert "skipped 1" in first.stderr
+    again = run_cli("generate", "--batch", requests, "--model", model, "-o", out, "--json", *FAST)
+    assert again.exit_code == 0 and again.stdout == "" and "2 request(s) already had an image" in again.stderr
+
+
+def test_output_paths():
+    assert output_paths(["a"], "x.png", "f.jpg")[0].name == "x.png"
+    assert [p.name for p in output_paths(["Cut the onion!", "cut the onion"], "o", "f.jpg")] == \
+        ["f-cut-the-onion.png", "f-cut-the-onion-2.png"]
