@@ -18,16 +18,23 @@ from lego_core import __version__
 # name -> (module under lego_cli.commands, one-line summary shown by `lego --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("extract", "Video + action annotations -> (input frame, action frame) pairs in shards."),
+    "enrich": ("enrich", "Run the VLLM over every sample: add its description and embeddings (R, H_i, H_t)."),
     "inspect": ("inspect", "Count, list and validate the samples of a shard set."),
+    "evaluate": ("evaluate", "Score generated frames (PSNR, LPIPS, FID, CLIP, BLIP): table, metrics.json, report.html."),
+    "curate": ("curate", "Detailed action descriptions (curated.txt) from any OpenAI-compatible LLM; resumable."),
+    "train": ("train", "Train the LEGO diffusion model (DeepSpeed; one CPU to many GPUs)."),
     "generate": ("generate", "A frame + an action prompt -> the action frame (and the description)."),
 }
+
+
+PIPELINE_ORDER = ("extract", "inspect", "curate", "tune-vllm", "enrich", "train", "generate", "evaluate", "demo", "import")
 
 
 class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand is invoked."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return [name for name in PIPELINE_ORDER if name in COMMANDS] + sorted(set(COMMANDS) - set(PIPELINE_ORDER))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
@@ -77,7 +84,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
     \b
     The pipeline, one command per stage (each reads and writes WebDataset shards):
-      lego extract  -> lego inspect
+      lego extract -> curate -> tune-vllm -> enrich -> train -> generate -> evaluate
     Run `lego COMMAND --help` for a command's options and an example.
     """
     ctx.ensure_object(dict)

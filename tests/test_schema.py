@@ -62,7 +62,7 @@ def sample(full=False, **meta_over) -> dict:
         s["vllm_img.npy"] = npy(np.zeros((6, 8), np.float16))
         s["vllm_txt.npy"] = npy(np.ones((3, 8), np.float16))
         s["input_latent.npy"] = npy(np.zeros((4, 2, 2), np.float32))
-        s["target_latent.npy"] = npy(np.zeros((4, 2, 2), np.float16))
+        s["target_latent.npy"] = npy(np.zeros((8, 2, 2), np.float16))
     return s
 
 
@@ -145,8 +145,8 @@ def _meta_edit(**changes):
         (lambda s: s.update({"vllm_txt.npy": npy(np.zeros(8, np.float16))}), "vllm_txt.npy: expected a non-empty 2-D array"),
         (lambda s: s.update({"vllm_txt.npy": npy(np.zeros((0, 8), np.float16))}), "vllm_txt.npy: expected a non-empty 2-D array"),
         (lambda s: s.update({"vllm_txt.npy": npy(np.zeros((3, 9), np.float16))}), "vllm_img.npy and vllm_txt.npy have different widths D"),
-        (lambda s: s.update({"input_latent.npy": npy(np.zeros((4, 3, 2), np.float16))}), "input_latent.npy and target_latent.npy have different shapes"),
-        (lambda s: s.update({"target_latent.npy": npy(np.zeros((4, 2, 2), np.int8))}), "target_latent.npy: dtype is not float16 or float32"),
+        (lambda s: s.update({"input_latent.npy": npy(np.zeros((4, 3, 2), np.float16))}), "target_latent.npy is not 2C x h x w for a C x h x w input_latent.npy"),
+        (lambda s: s.update({"target_latent.npy": npy(np.zeros((8, 2, 2), np.int8))}), "target_latent.npy: dtype is not float16 or float32"),
     ],
 )
 def test_validator_names_each_problem(mutate, expected):

@@ -154,7 +154,8 @@ def test_long_keys_survive_tar_and_webdataset(tmp_path):
     uid = "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"
     s["meta.json"].update(video_id=uid, action_id=uid + "_pre_15")
     s["__key__"] = make_key("ego4d", uid, uid + "_pre_15")
-    s["target_latent.npy"] = s["input_latent.npy"] = np.zeros((4, 2, 2), np.float16)
+    s["input_latent.npy"] = np.zeros((4, 2, 2), np.float16)
+    s["target_latent.npy"] = np.zeros((8, 2, 2), np.float16)
     with SH.ShardWriter(str(tmp_path / "s-%d.tar")) as w:
         w.write(s)
     assert len(s["__key__"] + ".target_latent.npy") > 100

@@ -55,8 +55,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec(ENRICHED, "txt", "enrich", False, "R: the tuned VLLM's enriched description (UTF-8)"),
         FieldSpec(VLLM_IMG, "npy", "enrich", False, "H_i: VLLM image embedding, M x D float16 (projector output, CLS dropped)"),
         FieldSpec(VLLM_TXT, "npy", "enrich", False, "H_t: VLLM text embedding, n x D float16 (last hidden state per generated token)"),
-        FieldSpec(INPUT_LATENT, "npy", "train (cache)", False, "optional cached VAE latent of X, C x h x w float16/float32"),
-        FieldSpec(TARGET_LATENT, "npy", "train (cache)", False, "optional cached VAE latent of Y, C x h x w float16/float32"),
+        FieldSpec(INPUT_LATENT, "npy", "train (cache)", False, "optional cached VAE latent of X (the mode, unscaled), C x h x w"),
+        FieldSpec(TARGET_LATENT, "npy", "train (cache)", False, "optional cached VAE latent distribution of Y: mean and log-variance, 2C x h x w"),
     )
 }
 
@@ -388,6 +388,8 @@ def validate_sample(sample: Mapping[str, Any], require: Iterable[str] = (), *, d
             arrays[name] = a
     if VLLM_IMG in arrays and VLLM_TXT in arrays and arrays[VLLM_IMG].shape[1] != arrays[VLLM_TXT].shape[1]:
         out.append("vllm_img.npy and vllm_txt.npy have different widths D")
-    if INPUT_LATENT in arrays and TARGET_LATENT in arrays and arrays[INPUT_LATENT].shape != arrays[TARGET_LATENT].shape:
-        out.append("input_latent.npy and target_latent.npy have different shapes")
+    if INPUT_LATENT in arrays and TARGET_LATENT in arrays:
+        (c, h, w), (ct, ht, wt) = arrays[INPUT_LATENT].shape, arrays[TARGET_LATENT].shape
+        if (h, w) != (ht, wt) or ct != 2 * c:
+            out.append("target_latent.npy is not 2C x h x w for a C x h x w input_latent.npy")
     return out

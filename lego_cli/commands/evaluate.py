@@ -1,0 +1,115 @@
+"""`lego evaluate`: the paper's metrics for generated frames, a table and a report."""
+
+from __future__ import annotations
+
+import click
+
+from lego_cli.common import echo_result, quiet
+
+
+@click.command("evaluate", context_settings={"show_default": True})
+@click.argument("shards", nargs=-1)
+@click.option("--generated", "-g", multiple=True,
+              help="Generated images: a folder (matched by relative path without extension) or shards (by key). "
+                   "Repeat, optionally as NAME=PATH, for one table row per set.")
+@click.option("--reference", "-r", help="Ground truth: shards (target.jpg, input.jpg, descriptions) or a folder of images "
+                                        "(KEY.txt beside an image is its description).")
+@click.option("--model", "models", multiple=True,
+              help="Generate-first mode: a LEGO diffusion model folder; generates for every sample of SHARDS, then "
+                   "evaluates. Repeat (NAME=DIR) for the ablation table.")
+@click.option("--vllm", help="Generate-first mode: the LLaVA folder for models that need VLLM embeddings.")
+@click.option("--metrics", "metrics", default="psnr,lpips,fid,clip,blip", help="Comma-separated subset of psnr,lpips,fid,clip,blip.")
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Folder for metrics.json, samples.csv and report.html (several sets: one subfolder each plus table.csv). "
+                   "Without it, only the table is printed.")
+@click.option("--lpips-net", type=click.Choice(["squeeze", "alex", "vgg"]), default="squeeze", help="LPIPS backbone.")
+@click.option("--lpips-weights", type=click.Path(dir_okay=False),
+              help="The backbone's torchvision checkpoint (e.g. squeezenet1_1-b8a52dc0.pth); default: the torch cache "
+                   "($TORCH_HOME/hub/checkpoints).")
+@click.option("--lpips-authors-range", is_flag=True,
+              help="Feed LPIPS [0,1] images, as the authors' code did by mistake (LPIPS expects [-1,1]); only to "
+                   "reproduce their published LPIPS numbers.")
+@click.option("--fid-weights", type=click.Path(dir_okay=False),
+              help="InceptionV3 FID weights (weights-inception-2015-12-05-6726825d.pth); default: the torch cache.")
+@click.option("--fid-model", help="A transformers vision model folder whose pooled output replaces InceptionV3's features.")
+@click.option("--clip-model", default="openai/clip-vit-large-patch14",
+              help="CLIP folder or cached hub id (CLIP image score, and the text encoder of the BLIP score).")
+@click.option("--blip-model", "blip_models", multiple=True,
+              help="BLIP captioning folder or cached hub id, as TAG=PATH (column blip_TAG); repeatable. "
+                   "[default: b=Salesforce/blip-image-captioning-base, l=Salesforce/blip-image-captioning-large]")
+@click.option("--generated-field", help="Generated shards: the image field (default: generated.png/jpg, output.png/jpg, target.jpg).")
+@click.option("--batch-size", default=32, help="Images per batch through every model.")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available).")
+@click.option("--workers", default=4, help="Threads decoding images.")
+@click.option("--report-metric", help="Per-image metric that ranks the report's best/worst samples (default: lpips, else clip, else psnr).")
+@click.option("--report-samples", default=8, help="Samples per report grid (best, worst, random).")
+@click.option("--seed", default=0, help="Seed of the report's random samples.")
+@click.option("--steps", default=100, help="Generate-first mode: sampling steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights, lpips_authors_range,
+            fid_weights, fid_model, clip_model, blip_models, generated_field, batch_size, device, workers, report_metric,
+            report_samples, seed, steps, as_json):
+    """Score generated action frames against the ground truth with the paper's metrics: PSNR, LPIPS,
+    FID, CLIP (image-image) and BLIP (caption vs description). Writes metrics.json (mean, std, n per
+    metric; value and n for FID), a per-sample CSV and a self-contained report.html.
+
+    \b
+    Two modes:
+      --generated DIR_OR_SHARDS --reference DIR_OR_SHARDS   score existing images
+      SHARDS... --model DIR [--vllm DIR]                    generate for every sample first
+    Keys found on one side only are reported and the rest evaluated. Model weights are never
+    downloaded: they come from local folders or the Hugging Face / torch caches.
+
+    \b
+    Examples:
+      lego evaluate --generated out/gen --reference 'data/epic-val-{000000..000009}.tar' -o eval/
+      lego evaluate -g labels=gen/labels -g joint=gen/joint -r data/val/ --metrics psnr,lpips,fid -o ablation/
+      lego evaluate --generated gen/ --reference gt/ --metrics lpips --lpips-authors-range --json
+      lego evaluate data/val/ --model runs/lego-joint --vllm runs/llava -o eval/
+    """
+    from lego_core.errors import BadInput
+    from lego_core.metrics.runner import EvalConfig, evaluate, evaluate_models
+    from lego_core.metrics.report import table_text
+
+    if quiet(ctx):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    explicit = ctx.get_parameter_source("metrics") != click.core.ParameterSource.DEFAULT
+    cfg_kwargs = dict(
+        metrics=tuple(metrics.split(",")), metrics_explicit=explicit, batch_size=batch_size, device=device,
+        workers=workers, lpips_net=lpips_net, lpips_weights=lpips_weights, lpips_authors_range=lpips_authors_range,
+        fid_weights=fid_weights, fid_model=fid_model, clip_model=clip_model, generated_field=generated_field,
+        report_metric=report_metric, report_samples=report_samples, seed=seed,
+    )
+    if blip_models:
+        cfg_kwargs["blip_models"] = tuple(blip_models)
+    cfg = EvalConfig(**cfg_kwargs)
+    progress = not quiet(ctx)
+    if models:
+        if generated or reference:
+            raise BadInput("--model generates the images itself: give SHARDS and --model, not --generated/--reference")
+        if not shards:
+            raise BadInput("--model needs the SHARDS to generate for (e.g. lego evaluate data/val/ --model DIR)")
+        result = evaluate_models(list(shards), list(models), cfg, out=out, vllm=vllm, progress=progress,
+                                 generate_options={"steps": steps, "seed": seed, "device": device})
+    else:
+        if shards:
+            raise BadInput(f"unexpected argument {shards[0]}: SHARDS go with --model; otherwise use --generated and --reference")
+        if not generated or not reference:
+            raise BadInput("give --generated and --reference (or SHARDS with --model)")
+        result = evaluate(list(generated), reference, cfg, out=out, progress=progress)
+    if as_json:
+        echo_result(result.summary(), True)
+        return
+    lines = [table_text(result)]
+    for s in result.sets:
+        m = s.matching
+        if m["only_generated"]["count"] or m["only_reference"]["count"] or s.skipped["total"]:
+            lines.append(f"{s.name}: {m['only_generated']['count']} generated without reference "
+                         f"(e.g. {', '.join(m['only_generated']['examples']) or '-'}), {m['only_reference']['count']} "
+                         f"references without generated image (e.g. {', '.join(m['only_reference']['examples']) or '-'}), "
+                         f"{s.skipped['total']} skipped")
+    lines += list(result.outputs.values())
+    echo_result("\n".join(lines))

@@ -1,0 +1,92 @@
+"""The answer cache: an append-only JSON-lines file, one accepted answer per line, flushed at once.
+
+Each line is keyed by the sample key plus a hash of the whole request (model, messages, sampling
+settings), so a rerun asks only for what is missing, and a changed prompt, model or temperature
+asks again instead of reusing an answer to a different question. The server's address is not part
+of the hash: the same model behind another endpoint answers the same request.
+
+A line is written (and flushed to the OS) as soon as an answer is accepted, before the sample goes
+to a shard, so a killed run loses no paid answer. A line cut short by a kill is dropped (and cut off
+the file) when the cache is opened again. The file never holds the API key or any header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger("lego.curate")
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    """sha256 of the request's canonical JSON (sorted keys, no spaces)."""
+    blob = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    """``get(key, hash)`` -> the cached entry (dict with ``text``) or None; ``add`` appends one."""
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
+        self.path = Path(path)
+        self.fsync = fsync
+        self.entries: dict[tuple[str, str], dict] = {}
+        self.bad_lines = 0
+        self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # the last line was cut short by a kill: drop it so the file stays valid JSONL
+            log.warning("cache %s: dropping an incomplete last line (a killed run)", self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+            data = data[:end]
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+                self.entries[(e["key"], e["request"])] = e
+                if not isinstance(e["text"], str):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                self.bad_lines += 1
+        if self.bad_lines:
+            log.warning("cache %s: ignored %d unreadable line(s)", self.path, self.bad_lines)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str, req_hash: str) -> dict | None:
+        return self.entries.get((key, req_hash))
+
+    def add(self, key: str, req_hash: str, text: str, *, model: str = "", usage: Mapping[str, int] | None = None) -> dict:
+        entry = {"key": key, "request": req_hash, "model": model, "text": text,
+                 "usage": dict(usage or {}), "time": round(time.time(), 3)}
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self.entries[(key, req_hash)] = entry
+        return entry
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> "AnswerCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,415 @@
+"""The curate stage: shards in -> new shards with ``curated.txt`` added, every other file unchanged.
+
+For each sample (in input order) the in-context request is built from ``meta.json`` (label and
+boxes). An answer already in the cache (same sample key, same request hash) is used as is;
+otherwise up to ``concurrency`` requests run at once. An answer is checked (`checks`), appended to
+the cache and only then written to the output shard, in input order (a window of finished samples
+waits for a slow one ahead of it). An answer that fails the checks is asked for again, up to
+``max_attempts`` times, then the sample goes to the rejects file with the reason; so does a sample
+whose input is invalid. A rerun with the same ``--out`` skips the samples already in finished
+shards and asks only for answers not in the cache; ``--overwrite`` rewrites the shards but keeps
+the cache (it never pays twice; delete the cache file to ask again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+from lego_core.curate import checks as checks_mod
+from lego_core.curate.cache import AnswerCache, request_hash
+from lego_core.curate.prompts import PromptSet, build_messages, default_prompts, format_messages, load_examples
+from lego_core.data.schema import CURATED, META
+from lego_core.errors import BadInput, LegoError
+
+log = logging.getLogger("lego.curate")
+
+BACKENDS = ("openai", "template")
+
+
+@dataclass
+class CurateConfig:
+    inputs: list[str]
+    out: str                                   # shard pattern (or folder), e.g. out/curated-%06d.tar
+    backend: str = "openai"                    # "openai": any OpenAI-compatible server; "template": offline fallback
+    llm: str = "gpt-3.5-turbo"                 # the paper used GPT-3.5
+    base_url: str | None = None                # None: api.openai.com
+    temperature: float = 0.7
+    top_p: float | None = None
+    max_tokens: int = 256                      # per answer
+    seed: int | None = 0                       # sent to the server (best effort there) and seeds our jitter
+    examples: str | None = None                # JSON file of in-context examples; None: ours
+    concurrency: int = 8
+    timeout: float = 60.0                      # seconds per request
+    max_retries: int = 6                       # transport retries per request (429/5xx/timeouts/connection)
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 60.0
+    max_attempts: int = 3                      # answers per sample that fail the checks before it is rejected
+    min_words: int = 8
+    max_words: int = 150
+    check_topic: bool = True
+    max_requests: int | None = None            # stop cleanly after this many requests (every try counts)
+    max_tokens_total: int | None = None        # stop cleanly once prompt + completion tokens reach this
+    limit: int | None = None                   # only the first N input samples
+    max_samples_per_shard: int = 1000
+    rejects: str | None = None                 # default: beside the shards
+    cache: str | None = None                   # default: beside the shards
+    overwrite: bool = False
+    fsync_cache: bool = False                  # fsync every cache line (survives power loss, not only kill -9)
+
+
+@dataclass
+class CurateSummary:
+    written: int = 0
+    from_cache: int = 0
+    already_done: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    remaining: int = 0
+    stopped: str | None = None
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    responses_without_usage: int = 0
+    shards: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    rejects_file: str | None = None
+    cache_file: str | None = None
+    backend: str = "openai"
+    model: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped"] = dict(self.skipped)
+        d["skipped_total"] = sum(self.skipped.values())
+        d["total_tokens"] = self.prompt_tokens + self.completion_tokens
+        return d
+
+    def lines(self) -> list[str]:
+        out = [f"samples curated: {self.written} in {self.seconds:.1f}s"
+               + (f" ({self.from_cache} from the cache)" if self.from_cache else "")
+               + (f"; another {self.already_done} were already done" if self.already_done else "")]
+        if self.backend == "openai":
+            out.append(f"requests: {self.requests} ({self.retries} retries); tokens: {self.prompt_tokens} prompt + "
+                       f"{self.completion_tokens} completion = {self.prompt_tokens + self.completion_tokens}"
+                       + (f" ({self.responses_without_usage} responses did not report usage)"
+                          if self.responses_without_usage else ""))
+        if self.stopped:
+            out.append(f"stopped early: {self.stopped}; {self.remaining} samples left, rerun the same command to continue")
+        if self.skipped:
+            out.append(f"skipped: {sum(self.skipped.values())} ("
+                       + ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) + ")")
+            if self.rejects_file:
+                out.append(f"rejects: {self.rejects_file}")
+        if self.cache_file:
+            out.append(f"cache: {self.cache_file}")
+        out.extend(f"shard: {s}" for s in self.shards)
+        return out
+
+
+# --- pieces -----------------------------------------------------------------------------------
+
+
+def sidecar(pattern: str, name: str) -> str:
+    from lego_core.data.extract import sidecar as _sidecar
+
+    return _sidecar(pattern, name)
+
+
+def check_config(cfg: CurateConfig) -> None:
+    if cfg.backend not in BACKENDS:
+        raise BadInput(f"--backend must be one of {', '.join(BACKENDS)}, not {cfg.backend!r}")
+    for name, value, low in (("--concurrency", cfg.concurrency, 1), ("--max-attempts", cfg.max_attempts, 1),
+                             ("--max-tokens", cfg.max_tokens, 1), ("--max-samples-per-shard", cfg.max_samples_per_shard, 1),
+                             ("--max-retries", cfg.max_retries, 0), ("--min-words", cfg.min_words, 0)):
+        if value < low:
+            raise BadInput(f"{name} must be >= {low}, not {value}")
+    if cfg.max_words < max(cfg.min_words, 1):
+        raise BadInput(f"--max-words ({cfg.max_words}) must be >= --min-words ({cfg.min_words}) and >= 1")
+    if cfg.timeout <= 0 or cfg.retry_base_delay < 0 or cfg.retry_max_delay < 0:
+        raise BadInput("--timeout must be > 0, --retry-base-delay and --retry-max-delay >= 0")
+    if not 0 <= cfg.temperature <= 2:
+        raise BadInput(f"--temperature must be in [0, 2], not {cfg.temperature}")
+    for name, value in (("--max-requests", cfg.max_requests), ("--max-tokens-total", cfg.max_tokens_total),
+                        ("--limit", cfg.limit)):
+        if value is not None and value < 0:
+            raise BadInput(f"{name} must be >= 0, not {value}")
+
+
+def load_prompts(cfg: CurateConfig) -> PromptSet:
+    return load_examples(cfg.examples) if cfg.examples else default_prompts()
+
+
+def make_request(cfg: CurateConfig, meta: dict, prompts: PromptSet) -> dict:
+    """The chat.completions.create() arguments for one sample (exactly what the hash covers)."""
+    req: dict[str, Any] = {
+        "model": cfg.llm,
+        "messages": build_messages(meta["label"], meta.get("boxes") or [], prompts),
+        "temperature": cfg.temperature,
+        "max_tokens": cfg.max_tokens,
+    }
+    if cfg.top_p is not None:
+        req["top_p"] = cfg.top_p
+    if cfg.seed is not None:
+        req["seed"] = cfg.seed
+    return req
+
+
+class Rejects:
+    """Counts skipped samples per reason and writes each to the rejects JSONL (flushed).
+    Duck-types `SkipStats.add` so `iter_samples` can report invalid input samples here."""
+
+    def __init__(self, f: TextIO | None, summary: CurateSummary):
+        self.f, self.summary = f, summary
+
+    def add(self, reason: str, key: str | None = None, url: str | None = None, detail: Any = None) -> None:
+        from lego_core.curate.client import redact
+
+        self.summary.skipped[reason] += 1
+        if self.f is not None:
+            if isinstance(detail, str):
+                detail = redact(detail)
+            elif detail is not None:
+                detail = json.loads(redact(json.dumps(detail, ensure_ascii=False, default=str)))
+            rec = {"key": key, "url": url, "reason": reason, "detail": detail}
+            self.f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.f.flush()
+        log.debug("skipped %s: %s", key, reason)
+
+
+def _samples(cfg: CurateConfig, urls: list[str], rejects: Rejects) -> Iterator[dict]:
+    from lego_core.data.shards import iter_samples
+
+    for i, sample in enumerate(iter_samples(urls, stats=rejects)):
+        if cfg.limit is not None and i >= cfg.limit:
+            return
+        yield sample
+
+
+@dataclass
+class _Result:
+    kind: str                 # "ok" | "cached" | "rejected" | "stopped"
+    text: str = ""
+    reason: str = ""
+    detail: Any = None
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def dry_run(cfg: CurateConfig, out: TextIO = sys.stdout, *, as_json: bool = False) -> dict:
+    """Print every request that would be sent (nothing is sent, nothing is written)."""
+    from lego_core.data.shards import expand_shards
+
+    check_config(cfg)
+    prompts = load_prompts(cfg)
+    urls = expand_shards(cfg.inputs)
+    summary = CurateSummary(backend=cfg.backend, model=cfg.llm)
+    cached = _read_only_cache(cfg)
+    n = would_send = 0
+    for sample in _samples(cfg, urls, Rejects(None, summary)):
+        meta = json.loads(sample[META])
+        key = sample["__key__"]
+        if cfg.backend == "template":
+            from lego_core.curate.template import describe
+
+            text = describe(meta["label"], meta.get("noun", ""), meta.get("boxes") or [])
+            out.write(json.dumps({"key": key, "curated": text}, ensure_ascii=False) + "\n" if as_json
+                      else f"=== {key}\n{text}\n\n")
+            n += 1
+            continue
+        req = make_request(cfg, meta, prompts)
+        h = request_hash(req)
+        hit = (key, h) in cached
+        would_send += not hit
+        if as_json:
+            out.write(json.dumps({"key": key, "request_hash": h, "cached": hit, "request": req}, ensure_ascii=False) + "\n")
+        else:
+            out.write(f"=== {key}  (request {h[:12]}{', cached' if hit else ''})\n{format_messages(req['messages'])}\n")
+        n += 1
+    return {"samples": n, "would_send": would_send, "cached": n - would_send if cfg.backend == "openai" else 0,
+            "skipped": dict(summary.skipped)}
+
+
+def _read_only_cache(cfg: CurateConfig) -> set[tuple[str, str]]:
+    from lego_core.data.shards import shard_pattern
+
+    path = cfg.cache or sidecar(shard_pattern(cfg.out), "curate-cache.jsonl") if cfg.out else cfg.cache
+    found: set[tuple[str, str]] = set()
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                    found.add((e["key"], e["request"]))
+                except (ValueError, KeyError, TypeError):
+                    pass
+    return found
+
+
+def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = None) -> CurateSummary:
+    """Run the stage; resumable. Raises `BadInput` / `LegoError` for what ends a run."""
+    from tqdm import tqdm
+
+    from lego_core.data import shards
+    from lego_core.curate.client import Budget, RetryPolicy, resolve_api_key
+
+    started = time.perf_counter()
+    check_config(cfg)
+    prompts = load_prompts(cfg) if cfg.backend == "openai" else None
+    urls = shards.expand_shards(cfg.inputs)
+    api_key = resolve_api_key(cfg.base_url, os.environ if environ is None else environ) if cfg.backend == "openai" else None
+
+    pattern = shards.shard_pattern(cfg.out)
+    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
+    own = {os.path.realpath(p) for p in shards.finished_shards(pattern)}
+    if any(os.path.realpath(u) in own for u in urls):
+        raise BadInput(f"--out {cfg.out} names the input shards: write curated shards under another name")
+    done, start_index = shards.prepare_output(pattern, overwrite=cfg.overwrite)
+    n_inputs = len(shards.read_keys(urls))
+    total = min(n_inputs, cfg.limit) if cfg.limit is not None else n_inputs
+
+    summary = CurateSummary(backend=cfg.backend, model=cfg.llm if cfg.backend == "openai" else None)
+    summary.rejects_file = cfg.rejects or sidecar(pattern, "curate-rejects.jsonl")
+    summary.cache_file = (cfg.cache or sidecar(pattern, "curate-cache.jsonl")) if cfg.backend == "openai" else None
+    _save_config(cfg, Path(sidecar(pattern, "curate.json")), prompts)
+
+    budget = Budget(cfg.max_requests, cfg.max_tokens_total)
+    policy = RetryPolicy(cfg.max_retries, cfg.retry_base_delay, cfg.retry_max_delay)
+    check_cfg = checks_mod.CheckConfig(cfg.min_words, cfg.max_words, cfg.check_topic)
+    cache = AnswerCache(summary.cache_file, fsync=cfg.fsync_cache) if summary.cache_file else None
+    try:
+        with open(summary.rejects_file, "w", encoding="utf-8") as rejects_out, \
+                shards.ShardWriter(pattern, max_samples=cfg.max_samples_per_shard, start_index=start_index) as writer, \
+                tqdm(total=max(total - len(done), 0), unit="sample", desc="curate", disable=not progress, dynamic_ncols=True,
+                     file=sys.stderr) as bar:
+            rejects = Rejects(rejects_out, summary)
+            samples = _samples(cfg, urls, rejects)
+
+            def emit(sample: dict, res: _Result) -> None:
+                if res.kind in ("ok", "cached"):
+                    out = {k: v for k, v in sample.items() if not k.startswith("_")}
+                    out["__key__"] = sample["__key__"]
+                    out[CURATED] = res.text.encode("utf-8")
+                    writer.write(out)
+                    summary.written += 1
+                    summary.from_cache += res.kind == "cached"
+                elif res.kind == "rejected":
+                    rejects.add(res.reason, sample["__key__"], sample.get("__url__"), res.detail)
+                if res.kind != "stopped":
+                    bar.update(1)
+                    if cfg.backend == "openai":
+                        bar.set_postfix(req=budget.usage.requests, tok=budget.usage.total_tokens, refresh=False)
+
+            if cfg.backend == "template":
+                _run_template(samples, done, summary, emit)
+            else:
+                asyncio.run(_run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, policy, check_cfg,
+                                     api_key))
+    finally:
+        if cache is not None:
+            cache.close()
+    u = budget.usage
+    summary.requests, summary.retries = u.requests, u.retries
+    summary.prompt_tokens, summary.completion_tokens = u.prompt_tokens, u.completion_tokens
+    summary.responses_without_usage = u.responses_without_usage
+    summary.stopped = budget.stopped
+    summary.remaining = max(total - summary.written - summary.already_done - sum(summary.skipped.values()), 0)
+    summary.shards = [str(p) for p in shards.finished_shards(pattern)]
+    summary.seconds = time.perf_counter() - started
+    if summary.skipped:
+        log.warning("skipped %d samples (%s); see %s", sum(summary.skipped.values()),
+                    ", ".join(f"{r}: {n}" for r, n in summary.skipped.most_common()), summary.rejects_file)
+    if budget.fatal is not None:
+        raise budget.fatal
+    return summary
+
+
+def _run_template(samples, done, summary, emit) -> None:
+    from lego_core.curate.template import describe
+
+    for sample in samples:
+        if sample["__key__"] in done:
+            summary.already_done += 1
+            continue
+        meta = json.loads(sample[META])
+        emit(sample, _Result("ok", describe(meta["label"], meta.get("noun", ""), meta.get("boxes") or [])))
+
+
+async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, policy, check_cfg, api_key) -> None:
+    from lego_core.curate.client import LLMClient, SampleFailed, Stopped, redact
+
+    client = LLMClient(api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout, concurrency=cfg.concurrency,
+                       policy=policy, budget=budget, seed=cfg.seed)
+
+    async def one(key: str, meta: dict) -> _Result:
+        req = make_request(cfg, meta, prompts)
+        h = request_hash(req)
+        hit = cache.get(key, h)
+        if hit is not None:
+            return _Result("cached", hit["text"])
+        async with client.slots:
+            last = ("", None)
+            try:
+                for attempt in range(cfg.max_attempts):
+                    c = await client.complete(req, what=key)
+                    text, reason = checks_mod.check_response(c.text, meta["label"], check_cfg,
+                                                             finish_reason=c.finish_reason, refusal=c.refusal)
+                    if reason is None:
+                        cache.add(key, h, text, model=cfg.llm, usage=c.usage)   # before anything else
+                        return _Result("ok", text)
+                    last = (reason, text[:300])
+                    log.debug("%s: answer %d rejected (%s)", key, attempt + 1, reason)
+            except Stopped:
+                return _Result("stopped")
+            except SampleFailed as e:
+                return _Result("rejected", reason=e.reason, detail=e.detail)
+            except LegoError as e:
+                budget.stop(redact(e), fatal=type(e)(redact(e)))
+                return _Result("stopped")
+            return _Result("rejected", reason=f"answer failed the checks: {last[0]}",
+                           detail={"attempts": cfg.max_attempts, "last_answer": last[1]})
+
+    window: deque[tuple[dict, asyncio.Future]] = deque()
+    max_window = max(4 * cfg.concurrency, 16)
+
+    async def flush(limit: int) -> None:
+        while window and (len(window) > limit or window[0][1].done()):
+            sample, fut = window.popleft()
+            emit(sample, await fut)
+
+    try:
+        for sample in samples:
+            key = sample["__key__"]
+            if key in done:
+                summary.already_done += 1
+                continue
+            if budget.stopped is not None:
+                break
+            meta = json.loads(sample[META])
+            window.append((sample, asyncio.ensure_future(one(key, meta))))
+            await asyncio.sleep(0)          # let cached answers and finished requests complete
+            await flush(max_window)
+        await flush(0)
+    finally:
+        for _, fut in window:
+            fut.cancel()
+        await client.close()
+
+
+def _save_config(cfg: CurateConfig, path: Path, prompts: PromptSet | None) -> None:
+    """The resolved config beside the output (never the API key: it is not part of the config)."""
+    d = asdict(cfg)
+    d["examples_source"] = prompts.source if prompts else None
+    d["examples_count"] = len(prompts.examples) if prompts else 0
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(d, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,112 @@
+"""Who am I in the job? One answer for plain `python`/`lego`, torchrun, the deepspeed launcher
+and SLURM's srun, turned into the RANK/WORLD_SIZE/MASTER_* variables torch.distributed reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    launcher: str          # "single", "torchrun", "deepspeed", "slurm"
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def as_environ(self) -> dict[str, str]:
+        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(self.local_rank),
+                "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def slurm_head_node(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,09],cpu1" -> "gpu03" (what `scontrol show
+    hostnames | head -1` prints), without needing scontrol on the compute node."""
+    first = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not first:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    prefix, _, ranges = first.groups()
+    if not ranges:
+        return prefix
+    start = ranges.split(",")[0].split("-")[0]
+    return prefix + start
+
+
+def detect_launch(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Read the launcher's variables. torchrun and the deepspeed launcher set RANK & co. (also
+    inside srun, where they win); srun alone sets SLURM_PROCID/NTASKS/LOCALID; else one process."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in env else "deepspeed"
+        return DistEnv(launcher, int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        return DistEnv("slurm", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                       env.get("MASTER_ADDR") or slurm_head_node(nodelist),
+                       int(env.get("MASTER_PORT") or 20000 + job % 20000))
+    return DistEnv("single", 0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()))
+
+
+def device_and_backend(local_rank: int) -> tuple[str, str]:
+    """CUDA + NCCL when there is a GPU, else CPU + gloo (and DeepSpeed told so explicitly)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return f"cuda:{local_rank % torch.cuda.device_count()}", "nccl"
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    return "cpu", "gloo"
+
+
+def init_distributed(dist: DistEnv) -> tuple[str, str]:
+    """Export the variables, pick device/backend, and start DeepSpeed's process group."""
+    os.environ.update(dist.as_environ())
+    device, backend = device_and_backend(dist.local_rank)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                               rank=dist.rank, world_size=dist.world_size)
+    return device, backend
+
+
+def shutdown() -> None:
+    """Destroy the process group before exit: two-process CPU runs otherwise abort now and then
+    at interpreter shutdown (see ENVIRONMENT.md)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+            _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches process-group handles in module globals; after the group is destroyed
+    they would break the next `init_distributed` in the same process (the demo trains twice)."""
+    import deepspeed.comm.comm as ds_comm
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name[1:].isupper() and value is not None:
+            setattr(groups, name, {} if isinstance(value, dict) else None)
+    ds_comm.cdb = None

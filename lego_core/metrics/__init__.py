@@ -1,0 +1,29 @@
+"""The paper's evaluation metrics and `lego evaluate`'s runner and report.
+
+One module per metric family — `pixel` (PSNR), `lpips_metric` (LPIPS), `fid` (FID), `clip_score`
+(CLIP image–image), `blip_score` (BLIP caption vs description) — each a `Metric` (see `common`)
+that is fed batches of matched samples and returns per-image values (and set-level values for FID).
+`matching` pairs generated images with references (folders by relative path without extension,
+shards by key), `runner` drives one or several generated sets through the metrics, `report` writes
+metrics.json / the per-sample CSV / report.html, and `generate` is the hook that produces a folder
+of generated images first (`lego evaluate SHARDS --model DIR`).
+
+Importing this package is cheap: torch, transformers and lpips are imported when a metric is built.
+
+    from lego_core.metrics import EvalConfig, evaluate
+    result = evaluate({"ours": "gen/"}, "shards/", EvalConfig(metrics=("psnr", "lpips")), out="eval/")
+"""
+
+from __future__ import annotations
+
+ALL_METRICS = ("psnr", "lpips", "fid", "clip", "blip")
+
+__all__ = ["ALL_METRICS", "EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"]
+
+
+def __getattr__(name: str):
+    if name in ("EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"):
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)

@@ -1,0 +1,106 @@
+"""LPIPS through the `lpips` package (SqueezeNet by default; AlexNet and VGG16 as the authors also
+reported), images in [-1, 1] as LPIPS expects.
+
+The package's linear layers ship inside it; the backbone is torchvision's ImageNet checkpoint,
+which `lpips` would download. We never download: the backbone comes from torch.hub's cache
+($TORCH_HOME/hub/checkpoints/squeezenet1_1-b8a52dc0.pth etc., where torchvision puts it) or from
+`--lpips-weights FILE` (a torchvision state dict of that network), and is loaded into
+`lpips.LPIPS(pnet_rand=True)`'s backbone key by key — the same network `lpips.LPIPS(net=...)` builds.
+
+`authors_range=True` feeds [0, 1] images instead, as the LEGO authors' evaluation did by mistake;
+use it only to reproduce their published LPIPS numbers.
+"""
+
+from __future__ import annotations
+
+from .common import Batch, Metric, find_weights
+
+BACKBONES = {
+    # net: (torchvision checkpoint file name, its download URL)
+    "squeeze": ("squeezenet1_1-b8a52dc0.pth", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
+    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+}
+
+
+def load_lpips(net: str = "squeeze", weights: str | None = None, device: str = "cpu"):
+    """An `lpips.LPIPS` model (eval, no grad) with its backbone loaded from `weights` or the torch cache."""
+    import contextlib
+    import io
+    import warnings
+
+    import lpips
+    import torch
+
+    from lego_core.errors import BadInput
+
+    if net not in BACKBONES:
+        raise BadInput(f"--lpips-net {net}: want one of {', '.join(BACKBONES)}")
+    filename, url = BACKBONES[net]
+    path = find_weights(weights, filename, f"LPIPS ({net}) backbone", "--lpips-weights", url)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's 'pretrained is deprecated', from inside lpips
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise BadInput(f"LPIPS ({net}) backbone: cannot read {path} ({type(e).__name__}); pass --lpips-weights FILE") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    # lpips splits torchvision's `features` Sequential into slices whose children keep their index:
+    # net.sliceK.{i}.rest  <->  features.{i}.rest
+    mapped = {}
+    for name, _ in list(model.net.named_parameters()) + list(model.net.named_buffers()):
+        _, idx, rest = name.split(".", 2)
+        src = f"features.{idx}.{rest}"
+        if src not in state:
+            raise BadInput(f"LPIPS ({net}) backbone: {path} has no {src}; is it torchvision's {filename}?")
+        mapped[name] = state[src]
+    model.net.load_state_dict(mapped, strict=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def lpips_distance(model, x, n: int):
+    """`model(x[:n], x[n:])` (lpips v0.1, lpips=True, spatial=False) computed faster: one backbone
+    pass over both halves, and each layer's 1×1 linear layer applied after the spatial mean
+    (it is linear and bias-free, so mean(w·d) = w·mean(d)) instead of on the full feature map.
+    Equal to lpips' own forward up to float rounding (tests hold it to 1e-5)."""
+    import torch
+
+    feats = model.net.forward(model.scaling_layer(x))
+    total = torch.zeros(n, dtype=torch.float32, device=x.device)
+    for k, f in enumerate(feats):
+        inv = (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10).reciprocal_()  # lpips.normalize_tensor
+        d = (f[:n] * inv[:n]).sub_(f[n:] * inv[n:]).square_().mean(dim=(2, 3))  # B x C
+        conv = [m for m in model.lins[k].modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        total += d @ conv.weight.view(-1).to(d.dtype)
+    return total
+
+
+class LPIPS(Metric):
+    name = "lpips"
+    columns = ("lpips",)
+    higher_is_better = {"lpips": False}
+
+    def __init__(self, net: str = "squeeze", weights: str | None = None, authors_range: bool = False,
+                 device: str = "cpu"):
+        self.net, self.weights, self.authors_range, self.device = net, weights, authors_range, device
+        self.model = load_lpips(net, weights, device)
+
+    def update(self, batch: Batch) -> dict[str, list]:
+        import torch
+
+        out = [0.0] * len(batch)
+        with torch.inference_mode():
+            for idx, gen, ref in batch.size_groups():
+                x = torch.cat([gen, ref]).to(self.device, torch.float32) / 255.0
+                if not self.authors_range:
+                    x = x * 2 - 1
+                x = x.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
+                for i, v in zip(idx, lpips_distance(self.model, x, len(idx)).tolist()):
+                    out[i] = v
+        return {"lpips": out}
+
+    def settings(self) -> dict:
+        return {"net": self.net, "input_range": "[0, 1] (authors' range)" if self.authors_range else "[-1, 1]",
+                "weights": self.weights or "torch cache"}

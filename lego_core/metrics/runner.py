@@ -1,0 +1,405 @@
+"""The evaluation runner: one or several generated sets against one reference, every metric batched.
+
+    evaluate({"ours": "gen/"}, "shards/", EvalConfig(), out="eval/")      # --generated/--reference
+    evaluate_models(["shards/"], {"label": "m1/", "joint": "m2/"}, cfg)    # generate first, then the same
+
+Each set: match keys (`matching`), then stream the intersection in batches — images decoded in a
+thread pool one batch ahead, the generated image resized to its reference's size — through each
+metric's `update`; set-level metrics (FID) at the end. A sample whose image does not decode is
+skipped, counted and reported, never fatal. Models are loaded once for all sets, and reference-side
+work (CLIP reference embeddings, description embeddings, FID reference statistics) is done once
+when the sets share their keys, so the ablation table costs little more than its generated images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from lego_core.errors import BadInput
+
+from . import ALL_METRICS
+from .blip_score import DEFAULT_BLIP, PROMPT
+from .clip_score import DEFAULT_CLIP
+from .common import Batch, Metric, Shared, decode_image, resize_to
+from .matching import Source, match, open_source
+
+log = logging.getLogger(__name__)
+
+PREFERRED_REPORT_METRIC = ("lpips", "clip", "psnr")
+
+
+@dataclass
+class EvalConfig:
+    """Everything `lego evaluate` can set; the defaults reproduce the paper's evaluation."""
+
+    metrics: tuple[str, ...] = ALL_METRICS
+    metrics_explicit: bool = False  # the user chose --metrics (BLIP without descriptions is then an error)
+    batch_size: int = 32
+    device: str = "auto"
+    workers: int = 4  # image-decoding threads
+    lpips_net: str = "squeeze"
+    lpips_weights: str | None = None
+    lpips_authors_range: bool = False
+    fid_weights: str | None = None
+    fid_model: str | None = None
+    clip_model: str = DEFAULT_CLIP
+    blip_models: tuple[str, ...] = DEFAULT_BLIP
+    blip_prompt: str = PROMPT
+    blip_beams: int = 3
+    blip_min_length: int = 5
+    blip_max_length: int = 20
+    generated_field: str | None = None
+    report_metric: str | None = None
+    report_samples: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        ms = tuple(dict.fromkeys(m.strip().lower() for m in self.metrics if m.strip()))
+        bad = [m for m in ms if m not in ALL_METRICS]
+        if bad:
+            raise BadInput(f"--metrics: unknown metric {bad[0]!r}; want some of {','.join(ALL_METRICS)}")
+        if not ms:
+            raise BadInput(f"--metrics: none given; want some of {','.join(ALL_METRICS)}")
+        self.metrics = ms
+        if self.batch_size < 1:
+            raise BadInput("--batch-size must be at least 1")
+
+
+@dataclass
+class SetResult:
+    """One generated set's results (what metrics.json, the CSV and report.html are written from)."""
+
+    name: str
+    generated: str
+    reference: str
+    matching: dict
+    n: int
+    metrics: dict[str, dict]
+    rows: list[dict]
+    columns: list[str]
+    text_columns: list[str]
+    higher_is_better: dict[str, bool]
+    skipped: dict
+    resized: int
+    settings: dict
+    report_metric: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # metric family -> seconds in its update/finish
+    thumbs: dict[str, dict] = field(default_factory=dict)  # key -> {"input"|"generated"|"reference": jpeg bytes}
+    picks: dict[str, list[str]] = field(default_factory=dict)  # "best"|"worst"|"random" -> keys
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "generated": self.generated, "reference": self.reference, "n": self.n,
+            "metrics": self.metrics, "matching": self.matching, "skipped": self.skipped,
+            "resized_to_reference": self.resized, "settings": self.settings,
+            "seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass
+class EvalResult:
+    sets: list[SetResult]
+    config: dict
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> tuple[list[str], list[list]]:
+        """(header, rows): one row per generated set, the mean of each per-image metric and the
+        value of each set-level one."""
+        cols: list[str] = []
+        for s in self.sets:
+            for c in s.metrics:
+                if c not in cols:
+                    cols.append(c)
+        rows = []
+        for s in self.sets:
+            row = [s.name, s.n]
+            for c in cols:
+                m = s.metrics.get(c)
+                row.append(None if m is None else m.get("mean", m.get("value")))
+            rows.append(row)
+        return ["set", "n"] + cols, rows
+
+    def summary(self) -> dict:
+        header, rows = self.table()
+        out = {"table": {"columns": header, "rows": rows}, "sets": [s.summary() for s in self.sets]}
+        if self.outputs:
+            out["outputs"] = self.outputs
+        return out
+
+
+def build_metrics(cfg: EvalConfig, device: str, shared: Shared | None = None) -> list[Metric]:
+    """Load every metric's models once (in a fixed order: psnr, lpips, fid, clip, blip)."""
+    shared = shared or Shared()
+    out: list[Metric] = []
+    for name in ALL_METRICS:
+        if name not in cfg.metrics:
+            continue
+        if name == "psnr":
+            from .pixel import PSNR
+
+            out.append(PSNR())
+        elif name == "lpips":
+            from .lpips_metric import LPIPS
+
+            out.append(LPIPS(cfg.lpips_net, cfg.lpips_weights, cfg.lpips_authors_range, device))
+        elif name == "fid":
+            from .fid import FID
+
+            out.append(FID(cfg.fid_weights, cfg.fid_model, device))
+        elif name == "clip":
+            from .clip_score import ClipScore
+
+            out.append(ClipScore(cfg.clip_model, device, shared))
+        elif name == "blip":
+            from .blip_score import BlipScore
+
+            out.append(BlipScore(cfg.blip_models, cfg.clip_model, device, shared, cfg.blip_prompt, cfg.blip_beams,
+                                 cfg.blip_min_length, cfg.blip_max_length))
+    return out
+
+
+def _stats(values: list[float]) -> dict:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    n = len(vals)
+    if not n:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}
+
+
+def _load(gen: Source, ref: Source, key: str):
+    """(key, generated, reference, resized?) or (key, None, reason) when an image does not decode."""
+    try:
+        g = decode_image(gen.image(key))
+    except Exception as e:  # noqa: BLE001 - one bad image never stops the run
+        return key, None, f"generated image does not decode ({type(e).__name__})"
+    try:
+        r = decode_image(ref.image(key))
+    except Exception as e:  # noqa: BLE001
+        return key, None, f"reference image does not decode ({type(e).__name__})"
+    resized = g.size != r.size
+    return key, (resize_to(g, r.size), r), resized
+
+
+def _thumb(im, size: int = 192) -> bytes:
+    import io
+
+    im = im.copy()
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric], cfg: EvalConfig,
+                 progress: bool = False) -> SetResult:
+    """Score one generated set against the reference with already-built metrics."""
+    from lego_core.data.shards import SkipStats
+
+    m = match(gen, ref)
+    if m.only_generated or m.only_reference:
+        log.warning("%s: %d generated image(s) have no reference (e.g. %s); %d reference(s) have no generated image "
+                    "(e.g. %s); evaluating the %d in common", name, len(m.only_generated),
+                    ", ".join(m.only_generated[:3]) or "-", len(m.only_reference),
+                    ", ".join(m.only_reference[:3]) or "-", len(m.keys))
+    texts = {k: ref.texts(k) for k in m.keys}
+    for metric in metrics:
+        metric.start(m.keys)
+    stats = SkipStats()
+    rows: dict[str, dict] = {}
+    resized = 0
+    timings: dict[str, float] = {}
+    bs = cfg.batch_size
+    chunks = [m.keys[i:i + bs] for i in range(0, len(m.keys), bs)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(m.keys), desc=f"evaluate {name}", unit="img", leave=False)
+    with ThreadPoolExecutor(max(1, cfg.workers)) as pool:
+        submit = lambda keys: [pool.submit(_load, gen, ref, k) for k in keys]  # noqa: E731
+        pending = submit(chunks[0]) if chunks else []
+        for ci in range(len(chunks)):
+            loaded = [f.result() for f in pending]
+            pending = submit(chunks[ci + 1]) if ci + 1 < len(chunks) else []
+            keys, gens, refs = [], [], []
+            for key, pair, info in loaded:
+                if pair is None:
+                    stats.add(info, key=key)
+                    log.warning("skipping %s: %s", key, info)
+                    continue
+                keys.append(key)
+                gens.append(pair[0])
+                refs.append(pair[1])
+                resized += bool(info)
+            if keys:
+                batch = Batch(keys, gens, refs, descriptions=[texts[k][1] for k in keys],
+                              labels=[texts[k][0] for k in keys])
+                for k in keys:
+                    rows[k] = {"key": k, "label": texts[k][0] or "", "description": texts[k][1] or ""}
+                for metric in metrics:
+                    t0 = time.perf_counter()
+                    updated = metric.update(batch)
+                    timings[metric.name] = timings.get(metric.name, 0.0) + time.perf_counter() - t0
+                    for col, vals in updated.items():
+                        for k, v in zip(keys, vals):
+                            rows[k][col] = v
+            if bar is not None:
+                bar.update(len(loaded))
+    if bar is not None:
+        bar.close()
+    if not rows:
+        raise BadInput(f"{name}: none of the {len(m.keys)} matched images could be decoded ({stats.summary()})")
+
+    columns = [c for metric in metrics for c in metric.columns]
+    text_columns = [c for metric in metrics for c in metric.text_columns]
+    hib = {c: v for metric in metrics for c, v in metric.higher_is_better.items()}
+    results: dict[str, dict] = {}
+    for metric in metrics:
+        for c in metric.columns:
+            results[c] = {**_stats([r.get(c) for r in rows.values()]), "higher_is_better": hib[c]}
+        t0 = time.perf_counter()
+        finished = metric.finish()
+        timings[metric.name] = timings.get(metric.name, 0.0) + time.perf_counter() - t0
+        for c, v in finished.items():
+            results[c] = {**v, "higher_is_better": hib[c]}
+    ordered = [rows[k] for k in m.keys if k in rows]
+    report_metric = cfg.report_metric or next(
+        (c for c in (*PREFERRED_REPORT_METRIC, *columns) if c in columns), None)
+    if report_metric is not None and report_metric not in columns:
+        raise BadInput(f"--report-metric {report_metric}: not a per-image metric of this run (have: {', '.join(columns)})")
+    res = SetResult(
+        name=name, generated=gen.path, reference=ref.path, matching=m.summary(), n=len(rows), metrics=results,
+        rows=ordered, columns=columns, text_columns=text_columns, higher_is_better=hib, skipped=stats.as_dict(),
+        resized=resized, settings={mt.name: mt.settings() for mt in metrics}, report_metric=report_metric,
+        timings=timings,
+    )
+    _pick_and_thumb(res, gen, ref, cfg)
+    return res
+
+
+def _pick_and_thumb(res: SetResult, gen: Source, ref: Source, cfg: EvalConfig) -> None:
+    """Choose the report's best / worst / random samples and keep small JPEG thumbnails of them."""
+    n = max(0, cfg.report_samples)
+    if not n:
+        return
+    keys = [r["key"] for r in res.rows]
+    if res.report_metric:
+        scored = [(r[res.report_metric], r["key"]) for r in res.rows if r.get(res.report_metric) is not None]
+        scored.sort(key=lambda t: t[0], reverse=res.higher_is_better.get(res.report_metric, True))
+        res.picks["best"] = [k for _, k in scored[:n]]
+        res.picks["worst"] = [k for _, k in scored[::-1][:n]]
+    chosen = {k for ks in res.picks.values() for k in ks}
+    rest = [k for k in keys if k not in chosen] or keys
+    res.picks["random"] = sorted(random.Random(cfg.seed).sample(rest, min(n, len(rest))), key=keys.index)
+    for k in dict.fromkeys(k for ks in res.picks.values() for k in ks):
+        t: dict[str, bytes | None] = {}
+        try:
+            r = decode_image(ref.image(k))
+            t["reference"] = _thumb(r)
+            t["generated"] = _thumb(resize_to(decode_image(gen.image(k)), r.size))
+            data = ref.input_image(k)
+            t["input"] = _thumb(decode_image(data)) if data else None
+        except Exception:  # noqa: BLE001 - a thumbnail is never worth failing the run
+            continue
+        res.thumbs[k] = t
+
+
+def _check_descriptions(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
+    if "blip" not in cfg.metrics:
+        return cfg
+    if any(ref.texts(k)[1] for k in keys):
+        return cfg
+    msg = (f"the BLIP score needs a description per sample and {ref.path} has none "
+           "(shards: enriched.txt / curated.txt / meta.json label; folders: KEY.txt beside each reference image)")
+    if cfg.metrics_explicit:
+        raise BadInput(msg)
+    log.warning("%s: leaving BLIP out", msg)
+    from dataclasses import replace
+
+    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "blip"))
+
+
+def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference, cfg: EvalConfig | None = None,
+             out: str | None = None, progress: bool = False) -> EvalResult:
+    """Evaluate one or several generated sets (name → folder or shards) against `reference`
+    (folder or shards). Writes metrics.json / samples.csv / report.html under `out` when given."""
+    from .common import resolve_device
+
+    cfg = cfg or EvalConfig()
+    gens = _named(generated)
+    ref = open_source(reference, "reference")
+    try:
+        sources = {name: open_source(spec, "generated", cfg.generated_field) for name, spec in gens.items()}
+        matches = {name: match(src, ref) for name, src in sources.items()}  # fail fast, before loading models
+        all_keys = sorted({k for mt in matches.values() for k in mt.keys})
+        cfg = _check_descriptions(cfg, ref, all_keys)
+        device = resolve_device(cfg.device)
+        metrics = build_metrics(cfg, device)
+        sets = []
+        try:
+            for name, src in sources.items():
+                sets.append(evaluate_set(name, src, ref, metrics, cfg, progress))
+        finally:
+            for src in sources.values():
+                src.close()
+    finally:
+        ref.close()
+    result = EvalResult(sets, {**asdict(cfg), "device": device})
+    if out:
+        from .report import write_outputs
+
+        result.outputs = write_outputs(result, out)
+    return result
+
+
+def _named(generated) -> dict[str, object]:
+    """name → spec. Accepts a mapping, one spec, or a list of specs / "NAME=SPEC" strings."""
+    import os
+
+    if isinstance(generated, Mapping):
+        return dict(generated)
+    items = [generated] if isinstance(generated, (str, os.PathLike)) else list(generated)
+    out: dict[str, object] = {}
+    for item in items:
+        name, spec = None, item
+        if isinstance(item, str) and "=" in item and not os.path.exists(item):
+            name, _, spec = item.partition("=")
+        if name is None:
+            base = os.path.basename(os.path.normpath(os.fspath(spec))) if isinstance(spec, (str, os.PathLike)) else "set"
+            name = os.path.splitext(base)[0] or "generated"
+        base_name, i = name, 2
+        while name in out:
+            name, i = f"{base_name}-{i}", i + 1
+        out[name] = spec
+    if not out:
+        raise BadInput("no --generated given")
+    return out
+
+
+def evaluate_models(shards, models: Mapping[str, str] | Sequence[str], cfg: EvalConfig | None = None,
+                    out: str | None = None, vllm: str | None = None, progress: bool = False,
+                    generate: Callable | None = None, generate_options: dict | None = None) -> EvalResult:
+    """Generate-first mode: for each diffusion model, generate an image for every sample of
+    `shards` into `OUT/NAME/generated/{key}.png` (resumable), then evaluate exactly as `evaluate`
+    does with those folders against the shards — one table row per model."""
+    import os
+    import tempfile
+
+    from .generate import generate_folder
+
+    generate = generate or generate_folder
+    named = _named(models)
+    base = out or tempfile.mkdtemp(prefix="lego-eval-")
+    folders = {}
+    for name, model in named.items():
+        folder = os.path.join(base, name if len(named) > 1 else "", "generated")
+        folders[name] = generate(shards, model, folder, vllm=vllm, progress=progress, **(generate_options or {}))
+    return evaluate(folders, shards, cfg, out=out, progress=progress)

@@ -1,0 +1,72 @@
+"""The questions the VLLM is asked: ten templates of our own that put the action label into a
+question about how to do it in the pictured scene.
+
+The paper drew one of its ten templates at random for every tuning step and used one fixed question
+at inference. Both behaviours are here: `tuning_question(label, rng)` draws from
+`QUESTION_TEMPLATES` with a caller-seeded `random.Random`, `inference_question(label)` always uses
+`INFERENCE_QUESTION` (the first template). The wording is ours; the authors' templates were never
+released.
+
+The label goes in as `action_text(label)`: Ego4D narrations ("#C C cuts the onion") are cleaned by
+`lego_core.data.labels.clean_narration` (the same function extraction uses, so the cleaning lives in
+one place); other labels ("cut onion", "open fridge") are only trimmed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from lego_core.errors import BadInput
+
+QUESTION_TEMPLATES: tuple[str, ...] = (
+    "How do I {action} in this scene? Describe the hands, the objects and the movement.",
+    "What would it look like to {action} here? Describe the action in detail.",
+    "Describe in detail how the person should {action} in this picture.",
+    "I want to {action}. Looking at this scene, how should my hands do it?",
+    "Explain step by step how to {action} with the objects in this image.",
+    "In this first-person view, how would someone {action}? Describe the hands and objects involved.",
+    "Given this scene, describe what doing the action \"{action}\" looks like.",
+    "How should the camera wearer {action} here? Mention which hand does what.",
+    "Picture the next moment: the person is about to {action}. Describe how it is done.",
+    "What are the hand movements and object interactions needed to {action} in this scene?",
+)
+
+INFERENCE_QUESTION = QUESTION_TEMPLATES[0]
+
+_TRAILING = re.compile(r"[\s.!?,;:]+$")
+
+
+def action_text(label: str) -> str:
+    """The action label as the questions use it: Ego4D narrations cleaned, others trimmed.
+
+    "#C C cuts the onion" -> "cut onion" (shared Ego4D cleaning); "  Open fridge. " -> "open fridge"
+    (whitespace collapsed, trailing punctuation dropped, first letter lower-cased). Raises `BadInput`
+    for an empty label.
+    """
+    from lego_core.data.labels import clean_narration
+
+    text = " ".join(str(label).split())
+    if text.startswith("#"):
+        text = clean_narration(text)
+    text = _TRAILING.sub("", text)
+    if not text:
+        raise BadInput(f"empty action label {label!r}: say which action, e.g. \"cut onion\"")
+    return text[0].lower() + text[1:] if not text[:2].isupper() else text
+
+
+def fill(template: str, label: str) -> str:
+    return template.format(action=action_text(label))
+
+
+def inference_question(label: str) -> str:
+    """The fixed inference question for `label` (`INFERENCE_QUESTION`)."""
+    return fill(INFERENCE_QUESTION, label)
+
+
+def tuning_question(label: str, rng: random.Random | int) -> str:
+    """A question for `label` from a template drawn uniformly with `rng` (a `random.Random`, or an
+    int seed): the paper's tuning-time behaviour. The same seed gives the same sequence of draws."""
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    return fill(rng.choice(QUESTION_TEMPLATES), label)

@@ -1,0 +1,206 @@
+"""`lego train`: the recipe on tiny models, DeepSpeed single- and two-process, ZeRO-3, resume."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LEGO, REPO, run_cli
+from lego_core.data.shards import ShardWriter, iter_samples
+from lego_core.diffusion.train import cfg_dropout_masks
+from lego_core.engine.launch import detect_launch, slurm_head_node
+from lego_core.kit import make_tiny_sd
+
+D, M = 16, 4
+FAST = ["--resolution", "64", "--batch-size", "2", "--grad-accum", "1", "--workers", "0", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_tiny_sd(tmp_path_factory.mktemp("sd"), sample_size=8)
+
+
+@pytest.fixture(scope="module")
+def enriched(tmp_path_factory):
+    """The bundled shards with what `lego enrich` adds (random embeddings), in 4 shards."""
+    out = tmp_path_factory.mktemp("enriched")
+    rng = np.random.default_rng(0)
+    with ShardWriter(str(out / "e-%06d.tar"), max_samples=6) as w:
+        for s in iter_samples([str(REPO / "shards")]):
+            meta = json.loads(s["meta.json"])
+            s = {k: v for k, v in s.items() if not k.startswith("__url")}
+            s["enriched.txt"] = f"Hold the {meta['noun'] or 'object'} with the left hand and {meta['label']}."
+            s["vllm_img.npy"] = rng.standard_normal((M, D)).astype(np.float16)
+            s["vllm_txt.npy"] = rng.standard_normal((int(rng.integers(3, 9)), D)).astype(np.float16)
+            w.write(s)
+    return out
+
+
+def env(**extra):
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_slurm_and_torchrun_detection():
+    slurm = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    d = detect_launch(slurm)
+    assert (d.launcher, d.rank, d.world_size, d.local_rank, d.master_addr) == ("slurm", 1, 2, 1, "gpu07")
+    assert detect_launch({**slurm, "MASTER_PORT": "1234"}).master_port == 1234
+    t = detect_launch({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "5",
+                       "TORCHELASTIC_RUN_ID": "x", **slurm})
+    assert (t.launcher, t.rank, t.world_size, t.local_rank) == ("torchrun", 3, 4, 1)
+    assert detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).launcher == "single"
+    assert slurm_head_node("a[1-3],b2") == "a1" and slurm_head_node("node12") == "node12"
+
+
+def test_cfg_dropout_is_three_way_five_percent_each():
+    keep_text, keep_image = cfg_dropout_masks(200_000, 0.05, torch.Generator().manual_seed(0), "cpu")
+    text_only = ((keep_text == 0) & (keep_image == 1)).float().mean()
+    both = ((keep_text == 0) & (keep_image == 0)).float().mean()
+    image_only = ((keep_text == 1) & (keep_image == 0)).float().mean()
+    for share in (text_only, both, image_only):
+        assert abs(share - 0.05) < 0.003
+
+
+def test_overfits_a_fixed_batch_and_trains_the_conditioner(base, enriched):
+    """Fixed noise and timesteps: loss after 30 steps < half the first; σ, μ, π get gradients."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_grad
+
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.diffusion.data import DecodeSample, collate
+    from lego_core.diffusion.train import Denoiser, DiffusionStep, TrainConfig, trainable_parameters
+    from lego_core.engine.config import EngineOptions, deepspeed_config
+    from lego_core.engine.launch import detect_launch, init_distributed, shutdown
+
+    init_distributed(detect_launch({}))
+    try:
+        torch.manual_seed(0)
+        pipe = build_from_pretrained(base, conditioning="description+joint", vllm=D)
+        pipe.vae.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        denoiser = Denoiser(pipe.unet, pipe.conditioner)
+        params = trainable_parameters(denoiser)
+        cfg = TrainConfig(shards=[], out="", resolution=64, engine=EngineOptions(micro_batch=4, grad_accum=1,
+                                                                                   precision="fp32"))
+        opt = torch.optim.AdamW(params, lr=1e-3)
+        engine, *_ = deepspeed.initialize(model=denoiser, optimizer=opt, model_parameters=params,
+                                          config=deepspeed_config(cfg.engine, 1))
+        step = DiffusionStep(pipe, engine, torch.float32, "cpu", cfg)
+        decode = DecodeSample("description+joint", 64, flip=False)
+        batch = collate([decode(s) for _, s in zip(range(4), iter_samples([str(enriched)]))])
+        losses = []
+        for i in range(30):
+            torch.manual_seed(0)                      # same noise, timesteps and dropout every step
+            loss = step.loss(batch)
+            engine.backward(loss)
+            if i == 0:
+                for name in ("projection_img", "projection_txt", "self_attn_mix"):
+                    grads = [safe_get_full_grad(p) for p in getattr(pipe.conditioner, name).parameters()]
+                    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, name
+            engine.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.5 * losses[0], losses
+    finally:
+        shutdown()
+
+
+def state_of(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_train_changes_unet_and_conditioner_not_vae_or_text_encoder(base, enriched, tmp_path):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from lego_core.diffusion.build import build_from_pretrained, load_pipeline
+
+    run = tmp_path / "run"
+    result = run_cli("-q", "train", str(enriched), "--base", base, "--out", run, "--max-steps", "4", *FAST,
+                     "--checkpoint-every", "2", "--no-ema", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[-1])["model"] == str(run / "model")
+    trained = load_pipeline(run / "model")
+    torch.manual_seed(0)
+    initial = build_from_pretrained(base, conditioning="description+joint", vllm=D)
+    for name in ("projection_img", "projection_txt", "self_attn_mix"):
+        a, b = state_of(getattr(initial.conditioner, name)), state_of(getattr(trained.conditioner, name))
+        assert any(not torch.equal(a[k], b[k]) for k in a), f"{name} did not change"
+    assert any(not torch.equal(a, b) for a, b in zip(initial.unet.parameters(), trained.unet.parameters()))
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    text = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    assert all(torch.equal(a, b) for a, b in zip(vae.parameters(), trained.vae.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(text.parameters(), trained.text_encoder.parameters()))
+    assert trained.unet.config.in_channels == 8
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")) == \
+        ["step-00000002", "step-00000004"]
+    config = json.loads((run / "train-config.json").read_text())
+    assert config["resolved"]["deepspeed"]["zero_optimization"]["stage"] == 2
+
+
+def test_zero3_and_cached_latents(base, enriched, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("-q", "train", str(enriched), "--base", base, "--out", run, "--max-steps", "2", *FAST,
+                     "--zero", "3", "--cache-latents", "--conditioning", "description+image")
+    assert result.exit_code == 0, result.output
+    cached = list(iter_samples([str(p) for p in sorted((run / "latents").glob("*.tar"))]))
+    assert len(cached) == 22
+    assert np.load(io.BytesIO(cached[0]["target_latent.npy"])).shape == (8, 8, 8)   # mean + logvar
+    assert np.load(io.BytesIO(cached[0]["input_latent.npy"])).shape == (4, 8, 8)
+    gen = run_cli("generate", REPO / "tests" / "data" / "frame.jpg", "cut onion", "--model", run / "model",
+                  "-o", tmp_path / "g.png", "--steps", "1", "--size", "64")
+    assert gen.exit_code == 2 and "--vllm" in gen.stderr       # it loads, and knows it needs the VLLM
+
+
+def test_shards_missing_what_the_conditioning_needs_exit_2(base, tmp_path):
+    result = run_cli("train", str(REPO / "shards"), "--base", base, "--out", tmp_path / "run", "--max-steps", "1", *FAST)
+    assert result.exit_code == 2
+    assert "enriched.txt" in result.stderr and "lego enrich" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_torchrun_two_ranks_zero2_see_disjoint_samples(base, enriched, tmp_path):
+    run = tmp_path / "run"
+    from lego_core.engine.launch import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "lego_cli.main", "-q", "train", str(enriched), "--base", str(base), "--out", str(run),
+           "--max-steps", "3", *FAST, "--record-keys", "--shuffle-buffer", "0", "--checkpoint-every", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(run / "model")     # printed once, by rank 0
+    assert proc.stdout.count(str(run / "model")) == 1
+    seen = [{line.split()[1] for line in (run / f"keys-rank{r}.txt").read_text().splitlines()} for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert (run / "model" / "model_index.json").is_file()
+
+
+def test_kill_9_then_rerun_resumes_at_the_last_checkpoint(base, enriched, tmp_path):
+    run = tmp_path / "run"
+    args = [LEGO, "-q", "train", str(enriched), "--base", str(base), "--out", str(run), "--max-steps", "40",
+            *FAST, "--checkpoint-every", "2", "--conditioning", "description"]
+    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "step-00000004" / "lego-state.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    done = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["step"] >= 4 and resume[0]["step"] % 2 == 0
+    final = [e for e in events if e.get("event") == "done"]
+    assert final[-1]["step"] == 40 and final[-1]["steps_run"] == 40 - resume[0]["step"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".partial")]
+    gen = run_cli("generate", REPO / "tests" / "data" / "frame.jpg", "cut onion", "--model", run / "model",
+                  "-o", tmp_path / "g.png", "--steps", "1", "--size", "64")
+    assert gen.exit_code == 0, gen.output
