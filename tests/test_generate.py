@@ -125,3 +125,24 @@ def test_output_paths():
     assert output_paths(["a"], "x.png", "f.jpg")[0].name == "x.png"
     assert [p.name for p in output_paths(["Cut the onion!", "cut the onion"], "o", "f.jpg")] == \
         ["f-cut-the-onion.png", "f-cut-the-onion-2.png"]
+
+
+def test_with_vllm_the_description_and_embeddings_condition_the_model(frame, tmp_path):
+    """--vllm: the tiny LLaVA describes the action; its H_i/H_t feed a joint-conditioned model."""
+    from lego_core.kit import make_tiny_llava
+    from lego_core.vllm.load import embedding_shape, load_config
+
+    llava = make_tiny_llava(tmp_path / "llava")
+    width = embedding_shape(load_config(llava))[1]
+    base = make_tiny_instruct_pix2pix(tmp_path / "ip2p", sample_size=8)
+    build_from_pretrained(base, conditioning="description+joint", vllm=llava).save_pretrained(tmp_path / "joint")
+    result = run_cli("generate", frame, "cut onion", "--model", tmp_path / "joint", "--vllm", llava, "--greedy",
+                     "--max-new-tokens", "6", "-o", tmp_path / "out.png", "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert record["description"] and record["description"] != "cut onion"
+    assert Image.open(tmp_path / "out.png").size == (114, 64)
+    text = run_cli("generate", frame, "cut onion", "--model", tmp_path / "joint", "--vllm", llava, "--greedy",
+                   "--max-new-tokens", "6", "-o", tmp_path / "out2.png", *FAST)
+    assert text.stdout.splitlines()[1].strip() == record["description"].strip()   # printed under the path
+    assert width == 64

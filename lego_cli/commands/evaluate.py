@@ -45,11 +45,14 @@ from lego_cli.common import echo_result, quiet
 @click.option("--report-samples", default=8, help="Samples per report grid (best, worst, random).")
 @click.option("--seed", default=0, help="Seed of the report's random samples.")
 @click.option("--steps", default=100, help="Generate-first mode: sampling steps.")
+@click.option("--guidance", default=7.5, help="Generate-first mode: text guidance scale.")
+@click.option("--image-guidance", default=1.5, help="Generate-first mode: image guidance scale.")
+@click.option("--size", default=256, help="Generate-first mode: the model's working resolution.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights, lpips_authors_range,
             fid_weights, fid_model, clip_model, blip_models, generated_field, batch_size, device, workers, report_metric,
-            report_samples, seed, steps, as_json):
+            report_samples, seed, steps, guidance, image_guidance, size, as_json):
     """Score generated action frames against the ground truth with the paper's metrics: PSNR, LPIPS,
     FID, CLIP (image-image) and BLIP (caption vs description). Writes metrics.json (mean, std, n per
     metric; value and n for FID), a per-sample CSV and a self-contained report.html.
@@ -93,7 +96,8 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
         if not shards:
             raise BadInput("--model needs the SHARDS to generate for (e.g. lego evaluate data/val/ --model DIR)")
         result = evaluate_models(list(shards), list(models), cfg, out=out, vllm=vllm, progress=progress,
-                                 generate_options={"steps": steps, "seed": seed, "device": device})
+                                 generate_options={"steps": steps, "seed": seed, "device": device, "guidance": guidance,
+                                                   "image_guidance": image_guidance, "size": size})
     else:
         if shards:
             raise BadInput(f"unexpected argument {shards[0]}: SHARDS go with --model; otherwise use --generated and --reference")

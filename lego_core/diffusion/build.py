@@ -21,6 +21,12 @@ log = logging.getLogger("lego.diffusion")
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
+def looks_local(name: str | Path) -> bool:
+    """A path on disk rather than a hub id ("org/name")."""
+    text = str(name)
+    return Path(text).exists() or Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
+
+
 def check_model_folder(folder: str | Path, *, parts=PARTS) -> Path:
     """A local diffusers folder with every part, or BadInput naming what is missing."""
     path = Path(folder)
@@ -79,7 +85,7 @@ def build_from_pretrained(base: str | Path, *, conditioning: str = "description+
     from lego_core.diffusion.conditioner import LegoConditioner, uses_image_embeds, uses_text_embeds
     from lego_core.diffusion.pipeline import LegoPipeline
 
-    if Path(str(base)).exists():
+    if looks_local(base):
         check_model_folder(base)
     load = dict(pretrained_model_name_or_path=str(base))
     unet = UNet2DConditionModel.from_pretrained(**load, subfolder="unet", dtype=torch_dtype)
@@ -123,7 +129,7 @@ def load_pipeline(folder: str | Path, *, device: str = "cpu", torch_dtype=torch.
     """A LegoPipeline from a folder `save_pretrained` wrote (or a hub id)."""
     from lego_core.diffusion.pipeline import LegoPipeline
 
-    if Path(str(folder)).exists() or "/" not in str(folder):
+    if looks_local(folder):
         check_model_folder(folder)
     quiet_loading()
     try:
