@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import LEGO, REPO, run_cli
 from lego_core.data.shards import ShardWriter, iter_samples
@@ -125,7 +126,8 @@ def test_train_changes_unet_and_conditioner_not_vae_or_text_encoder(base, enrich
 
     run = tmp_path / "run"
     result = run_cli("-q", "train", str(enriched), "--base", base, "--out", run, "--max-steps", "4", *FAST,
-                     "--checkpoint-every", "2", "--no-ema", "--json")
+                     "--checkpoint-every", "2", "--no-ema", "--json", "--val-shards", str(enriched / "e-000000.tar"),
+                     "--val-every", "4", "--val-samples", "2", "--val-steps", "2")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[-1])["model"] == str(run / "model")
     trained = load_pipeline(run / "model")
@@ -142,6 +144,9 @@ def test_train_changes_unet_and_conditioner_not_vae_or_text_encoder(base, enrich
     assert trained.unet.config.in_channels == 8
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")) == \
         ["step-00000002", "step-00000004"]
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "validation"] == [4]
+    assert Image.open(run / "samples" / "step-00000004.jpg").size == (3 * 64, 2 * 64)   # input|generated|target
     config = json.loads((run / "train-config.json").read_text())
     assert config["resolved"]["deepspeed"]["zero_optimization"]["stage"] == 2
 

@@ -41,6 +41,8 @@ from lego_cli.common import echo_result, quiet
 @click.option("--overwrite", is_flag=True, help="Start the run over.")
 @click.option("--val-shards", multiple=True, help="Validation shards: loss and a sample grid every --val-every steps.")
 @click.option("--val-every", default=500)
+@click.option("--val-samples", default=4, help="Validation samples in the loss and the grid.")
+@click.option("--val-steps", default=20, help="Sampling steps for the validation grid.")
 @click.option("--seed", default=0)
 @click.option("--log-every", default=10)
 @click.option("--record-keys", is_flag=True, help="Write the keys each rank trained on to RUN/keys-rank{R}.txt (audit data splitting).")
@@ -49,7 +51,7 @@ from lego_cli.common import echo_result, quiet
 def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs, learning_rate, micro_batch,
             grad_accum, zero_stage, precision, grad_clip, offload_optimizer, deepspeed_config, no_ema, cfg_dropout,
             cache_latents, workers, shuffle_buffer, resample, checkpoint_every, keep_checkpoints, resume, overwrite,
-            val_shards, val_every, seed, log_every, record_keys, as_json):
+            val_shards, val_every, val_samples, val_steps, seed, log_every, record_keys, as_json):
     """Train the LEGO diffusion model: InstructPix2Pix-style, conditioned on the VLLM's
     description and embeddings. The UNet and the conditioner (σ, μ, π) are trained; the VAE and
     the text encoder stay frozen. Rerunning with the same --out resumes from the latest checkpoint.
@@ -68,7 +70,7 @@ def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs,
         max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, cfg_dropout=cfg_dropout, ema=not no_ema,
         seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, resample=resample,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
-        log_every=log_every, record_keys=record_keys, val_shards=list(val_shards), val_every=val_every, progress=not quiet(ctx),
+        log_every=log_every, record_keys=record_keys, val_shards=list(val_shards), val_every=val_every, val_samples=val_samples, val_steps=val_steps, progress=not quiet(ctx),
         engine=EngineOptions(micro_batch=micro_batch, grad_accum=grad_accum, zero_stage=zero_stage,
                              precision=precision, grad_clip=grad_clip, offload_optimizer=offload_optimizer,
                              deepspeed_config=deepspeed_config),
