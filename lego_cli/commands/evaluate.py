@@ -18,7 +18,9 @@ from lego_cli.common import echo_result, quiet
               help="Generate-first mode: a LEGO diffusion model folder; generates for every sample of SHARDS, then "
                    "evaluates. Repeat (NAME=DIR) for the ablation table.")
 @click.option("--vllm", help="Generate-first mode: the LLaVA folder for models that need VLLM embeddings.")
-@click.option("--metrics", "metrics", default="psnr,lpips,fid,clip,blip", help="Comma-separated subset of psnr,lpips,fid,clip,blip.")
+@click.option("--metrics", "metrics", default="psnr,lpips,fid,clip,blip,egovlp,egovlp+",
+              help="Comma-separated subset of psnr,lpips,fid,clip,blip,egovlp,egovlp+. In the default set, EgoVLP "
+                   "scores without a checkpoint (and BLIP without descriptions) are left out with a warning.")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Folder for metrics.json, samples.csv and report.html (several sets: one subfolder each plus table.csv). "
                    "Without it, only the table is printed.")
@@ -37,6 +39,16 @@ from lego_cli.common import echo_result, quiet
 @click.option("--blip-model", "blip_models", multiple=True,
               help="BLIP captioning folder or cached hub id, as TAG=PATH (column blip_TAG); repeatable. "
                    "[default: b=Salesforce/blip-image-captioning-base, l=Salesforce/blip-image-captioning-large]")
+@click.option("--blip-text-encoder", type=click.Choice(["clip", "egovlp"]), default="clip",
+              help="Text encoder of the BLIP score: CLIP (the paper's text) or EgoVLP's DistilBERT branch (the authors' "
+                   "code; the --egovlp checkpoint).")
+@click.option("--egovlp", "egovlp", type=click.Path(dir_okay=False),
+              help="EgoVLP checkpoint: egovlp.pth (Ego4D) or epic_mir_plus.pth (EPIC-KITCHENS), as the authors publish "
+                   "them. Default: egovlp.pth (epic_mir_plus.pth with --egovlp-frames 16) in the torch cache.")
+@click.option("--egovlp-frames", type=int,
+              help="EgoVLP clip length: 4 for Ego4D, 16 for EPIC-KITCHENS.  [default: 16 for an epic* checkpoint, else 4]")
+@click.option("--egovlp-tokenizer", default="distilbert-base-uncased",
+              help="DistilBERT tokenizer folder or cached hub id (EgoVLP text score only).")
 @click.option("--generated-field", help="Generated shards: the image field (default: generated.png/jpg, output.png/jpg, target.jpg).")
 @click.option("--batch-size", default=32, help="Images per batch through every model.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available).")
@@ -51,11 +63,14 @@ from lego_cli.common import echo_result, quiet
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights, lpips_authors_range,
-            fid_weights, fid_model, clip_model, blip_models, generated_field, batch_size, device, workers, report_metric,
+            fid_weights, fid_model, clip_model, blip_models, blip_text_encoder, egovlp, egovlp_frames, egovlp_tokenizer,
+            generated_field, batch_size, device, workers, report_metric,
             report_samples, seed, steps, guidance, image_guidance, size, as_json):
-    """Score generated action frames against the ground truth with the paper's metrics: PSNR, LPIPS,
-    FID, CLIP (image-image) and BLIP (caption vs description). Writes metrics.json (mean, std, n per
-    metric; value and n for FID), a per-sample CSV and a self-contained report.html.
+    """Score generated action frames against the ground truth with the paper's metrics: EgoVLP and
+    EgoVLP+ (the frame, or the input frame then the frame, as a clip in EgoVLP's video embedding
+    space), PSNR, LPIPS, FID, CLIP (image-image) and BLIP (caption vs description). Writes
+    metrics.json (mean, std, n per metric; value and n for FID), a per-sample CSV and a
+    self-contained report.html.
 
     \b
     Two modes:
@@ -69,6 +84,7 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
       lego evaluate --generated out/gen --reference 'data/epic-val-{000000..000009}.tar' -o eval/
       lego evaluate -g labels=gen/labels -g joint=gen/joint -r data/val/ --metrics psnr,lpips,fid -o ablation/
       lego evaluate --generated gen/ --reference gt/ --metrics lpips --lpips-authors-range --json
+      lego evaluate -g gen/ -r data/val/ --metrics egovlp,egovlp+ --egovlp epic_mir_plus.pth --egovlp-frames 16
       lego evaluate data/val/ --model runs/lego-joint --vllm runs/llava -o eval/
     """
     from lego_core.errors import BadInput
@@ -84,6 +100,8 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
         metrics=tuple(metrics.split(",")), metrics_explicit=explicit, batch_size=batch_size, device=device,
         workers=workers, lpips_net=lpips_net, lpips_weights=lpips_weights, lpips_authors_range=lpips_authors_range,
         fid_weights=fid_weights, fid_model=fid_model, clip_model=clip_model, generated_field=generated_field,
+        blip_text_encoder=blip_text_encoder, egovlp=egovlp, egovlp_frames=egovlp_frames,
+        egovlp_tokenizer=egovlp_tokenizer,
         report_metric=report_metric, report_samples=report_samples, seed=seed,
     )
     if blip_models:

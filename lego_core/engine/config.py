@@ -19,6 +19,7 @@ class EngineOptions:
     precision: str = "auto"            # auto: bf16 on GPUs that support it, else fp32
     grad_clip: float = 1.0
     offload_optimizer: bool = False    # ZeRO optimizer states in CPU memory
+    offload_params: bool = False       # ZeRO-3 only: parameters in CPU memory too
     deepspeed_config: str | None = None
 
 
@@ -53,6 +54,10 @@ def deepspeed_config(opts: EngineOptions, world_size: int) -> dict:
     zero: dict = {"stage": opts.zero_stage}
     if opts.offload_optimizer and opts.zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if opts.offload_params:
+        if opts.zero_stage != 3:
+            raise BadInput(f"--offload-params needs --zero 3 (ZeRO-{opts.zero_stage} does not partition parameters)")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     if opts.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     config = {

@@ -9,6 +9,9 @@
 - `make_tiny_fid_features(folder)`: an Inception-like CNN feature extractor (a transformers
   `ResNetModel`, pooled output = the features, plus `preprocessor_config.json`), the HF-folder
   feature extractor `lego evaluate --fid-model` accepts in place of InceptionV3.
+- `make_tiny_egovlp(path)`: a tiny random EgoVLP (FrozenInTime) checkpoint saved as the authors' files are
+  (`{..., 'state_dict': {'module.…': …}, 'config': <parse_config.ConfigParser>}`), for the EgoVLP scores;
+  `make_tiny_distilbert_tokenizer(folder)` the matching tokenizer for the EgoVLP text score.
 - `make_random_inception_weights(path)`: a torch-fidelity InceptionV3 state dict (the FID default's
   real architecture and key names) with random weights, saved like the official
   `weights-inception-2015-12-05-6726825d.pth`, so the `--fid-weights` path runs for real.
@@ -171,3 +174,106 @@ def make_random_inception_weights(path: str | Path, *, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def tiny_egovlp(*, frames: int = 4, img_size: int = 32, patch_size: int = 16, dim: int = 128, depth: int = 2,
+                text_dim: int = 128, text_layers: int = 1, vocab_size: int = 300, projection_dim: int = 32,
+                seed: int = 0):
+    """An in-memory random `EgoVLP` (lego_core.metrics.egovlp) at a tiny width/depth: the official
+    architecture and key names, heads 64 wide (dims must be multiples of 64), `frames` temporal
+    embeddings. Positional, temporal and CLS embeddings are random too (not zeros), so every part
+    of the forward pass matters."""
+    import torch
+
+    from lego_core.metrics.egovlp.model import EgoVLP, EgoVLPConfig
+
+    text = {"vocab_size": len(_wordpiece_vocab(vocab_size)) - 1, "dim": text_dim, "n_layers": text_layers,
+            "n_heads": max(1, text_dim // 64), "hidden_dim": 2 * text_dim, "max_position_embeddings": 64}
+    config = EgoVLPConfig(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth,
+                          num_heads=max(1, dim // 64), num_frames=frames, projection_dim=projection_dim, text=text)
+    torch.manual_seed(seed)
+    model = EgoVLP(config).eval()
+    with torch.no_grad():
+        for p in (model.video_model.cls_token, model.video_model.pos_embed, model.video_model.temporal_embed):
+            p.normal_(0, 0.5)
+    return model
+
+
+def _authors_trainer_config(frames: int):
+    """An object pickled like the `config` entry of EgoVLP's checkpoints: a `parse_config.ConfigParser`
+    (a module that will not exist when the file is read) holding argparse and pathlib objects."""
+    import argparse
+    import pathlib
+    import sys
+    import types
+
+    mod = types.ModuleType("parse_config")
+
+    class ConfigParser:
+        pass
+
+    ConfigParser.__module__, ConfigParser.__qualname__ = "parse_config", "ConfigParser"
+    mod.ConfigParser = ConfigParser
+    sys.modules["parse_config"] = mod
+    cfg = ConfigParser()
+    cfg.__dict__.update({
+        "args": argparse.Namespace(config="configs/pt/egoclip.json", resume=None, device=None),
+        "_config": {"name": "EgoClip_4f", "arch": {"type": "FrozenInTime", "args": {
+            "video_params": {"model": "SpaceTimeTransformer", "arch_config": "base_patch16_224", "num_frames": frames,
+                             "pretrained": True, "time_init": "zeros"},
+            "text_params": {"model": "distilbert-base-uncased", "pretrained": True, "input": "text"},
+            "projection": "minimal", "load_checkpoint": ""}}},
+        "_save_dir": pathlib.PurePosixPath("results/EgoClip_4f/models/0509_00"),
+        "resume": None,
+    })
+    return cfg
+
+
+def make_tiny_egovlp(path: str | Path, *, layout: str = "official", **kwargs) -> Path:
+    """Save a tiny random EgoVLP checkpoint (see `tiny_egovlp`) to `path`; return it.
+
+    layout "official": as EgoVLP's trainer saves (the files the authors publish) — `{'arch', 'epoch',
+    'state_dict': {'module.' + key: tensor}, 'optimizer', 'monitor_best', 'config'}`, `config` a
+    pickled `parse_config.ConfigParser` whose module is gone when the file is read. layout
+    "state_dict": the bare state dict, no prefix."""
+    import sys
+    from collections import OrderedDict
+
+    import numpy as np
+    import torch
+
+    model = tiny_egovlp(**kwargs)
+    sd = model.state_dict()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "state_dict":
+        torch.save(sd, path)
+        return path
+    if layout != "official":
+        raise ValueError(f"layout {layout!r}: want official or state_dict")
+    try:
+        ckpt = {
+            "arch": "FrozenInTime", "epoch": 3,
+            "state_dict": OrderedDict(("module." + k, v) for k, v in sd.items()),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 3e-5, "params": list(range(len(sd)))}]},
+            "monitor_best": np.float64(0.25),
+            "config": _authors_trainer_config(model.config.num_frames),
+        }
+        torch.save(ckpt, path)
+    finally:
+        sys.modules.pop("parse_config", None)
+    return path
+
+
+def make_tiny_distilbert_tokenizer(folder: str | Path, *, vocab_size: int = 300) -> Path:
+    """Write a DistilBERT WordPiece tokenizer folder (uncased, the kit's corpus vocabulary; ids
+    match `tiny_egovlp`'s text vocabulary), loadable with `AutoTokenizer.from_pretrained`."""
+    from transformers import DistilBertTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _wordpiece_vocab(vocab_size)[:-1]  # without BLIP's [DEC]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = DistilBertTokenizer(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    tok.save_pretrained(folder)
+    return folder

@@ -1,7 +1,8 @@
 """The paper's evaluation metrics and `lego evaluate`'s runner and report.
 
 One module per metric family — `pixel` (PSNR), `lpips_metric` (LPIPS), `fid` (FID), `clip_score`
-(CLIP image–image), `blip_score` (BLIP caption vs description) — each a `Metric` (see `common`)
+(CLIP image–image), `blip_score` (BLIP caption vs description), `egovlp_score` (EgoVLP and EgoVLP+,
+the paper's primary metrics; the model itself is ported in `egovlp`) — each a `Metric` (see `common`)
 that is fed batches of matched samples and returns per-image values (and set-level values for FID).
 `matching` pairs generated images with references (folders by relative path without extension,
 shards by key), `runner` drives one or several generated sets through the metrics, `report` writes
@@ -16,7 +17,8 @@ Importing this package is cheap: torch, transformers and lpips are imported when
 
 from __future__ import annotations
 
-ALL_METRICS = ("psnr", "lpips", "fid", "clip", "blip")
+ALL_METRICS = ("psnr", "lpips", "fid", "clip", "blip", "egovlp", "egovlp+")
+METRIC_ALIASES = {"egovlp_plus": "egovlp+"}
 
 __all__ = ["ALL_METRICS", "EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"]
 

@@ -2,8 +2,10 @@
 model (transformers `BlipForConditionalGeneration`), prompt "a picture of", beam search with 3
 beams, length 5–20 tokens (BLIP's own captioning settings), the prompt stripped from the caption as
 BLIP's code does; then the cosine similarity (×100) between the caption and the sample's
-description, both embedded with the CLIP text encoder (`--clip-model`), as the paper states. (The
-authors' code used EgoVLP's text encoder instead; that is a separate option.)
+description, both embedded with the CLIP text encoder (`--clip-model`), as the paper states. The
+authors' code used EgoVLP's text encoder instead: `--blip-text-encoder egovlp` (text_encoder="egovlp")
+embeds both with EgoVLP's DistilBERT branch and text projection (`egovlp_score.EgoVLPText`), from the
+`--egovlp` checkpoint and the `--egovlp-tokenizer` (distilbert-base-uncased) tokenizer.
 
 Several BLIP models may be given (default: base and large); each gives a column `blip_TAG`
 (`blip_b`, `blip_l` for the defaults) and its captions in `blip_TAG_caption`. Captions are generated
@@ -78,7 +80,8 @@ class BlipScore(Metric):
 
     def __init__(self, models=DEFAULT_BLIP, clip_model: str = DEFAULT_CLIP, device: str = "cpu",
                  shared: Shared | None = None, prompt: str = PROMPT, num_beams: int = 3, min_length: int = 5,
-                 max_length: int = 20):
+                 max_length: int = 20, text_encoder: str = "clip", egovlp: str | None = None,
+                 egovlp_frames: int | None = None, egovlp_tokenizer: str = "distilbert-base-uncased"):
         shared = shared or Shared()
         self.device = device
         self.tags = parse_blip_models(models)
@@ -87,7 +90,19 @@ class BlipScore(Metric):
                              lambda p=path: BlipCaptioner(p, device, prompt, num_beams, min_length, max_length)))
             for tag, path in self.tags
         ]
-        self.clip = shared_clip(shared, clip_model, device)
+        self.text_encoder = text_encoder
+        if text_encoder == "egovlp":
+            from .egovlp_score import EgoVLPText, default_frames, find_checkpoint, shared_egovlp
+
+            frames = egovlp_frames or default_frames(egovlp)
+            enc = shared_egovlp(shared, find_checkpoint(egovlp, frames), frames, device)
+            self.clip, self.egovlp_text = None, EgoVLPText(enc, egovlp_tokenizer)
+        elif text_encoder == "clip":
+            self.clip, self.egovlp_text = shared_clip(shared, clip_model, device), None
+        else:
+            from lego_core.errors import BadInput
+
+            raise BadInput(f"--blip-text-encoder: {text_encoder!r}; want clip or egovlp")
         self.columns = tuple(f"blip_{t}" for t, _ in self.tags)
         self.text_columns = tuple(f"blip_{t}_caption" for t, _ in self.tags)
         self.higher_is_better = {c: True for c in self.columns}
@@ -96,6 +111,8 @@ class BlipScore(Metric):
     def _embed(self, texts):
         import torch
 
+        if self.egovlp_text is not None:
+            return self.egovlp_text(texts)
         with torch.inference_mode():
             return clip_text_features(self.clip.model, self.clip.tokenizer, texts, self.device)
 
@@ -122,5 +139,6 @@ class BlipScore(Metric):
     def settings(self) -> dict:
         cap = self.captioners[0][1]
         return {"models": {f"blip_{t}": p for t, p in self.tags}, "prompt": cap.prompt, "num_beams": cap.num_beams,
-                "min_length": cap.min_length, "max_length": cap.max_length, "text_encoder": f"CLIP ({self.clip.name})",
+                "min_length": cap.min_length, "max_length": cap.max_length,
+                "text_encoder": self.egovlp_text.describe() if self.egovlp_text else f"CLIP ({self.clip.name})",
                 "scale": "cosine x 100"}

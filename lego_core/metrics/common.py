@@ -35,7 +35,8 @@ def resize_to(im, size: tuple[int, int]):
 
 @dataclass
 class Batch:
-    """Matched samples: the generated image already resized to its reference's size, all RGB."""
+    """Matched samples: the generated image already resized to its reference's size, all RGB.
+    `inputs` (the input frames, None where a sample has none) is filled when a metric `needs_input`."""
 
     keys: list[str]
     generated: list[Any]  # PIL RGB
@@ -78,6 +79,7 @@ class Metric:
     text_columns: tuple[str, ...] = ()
     higher_is_better: dict[str, bool] = {}
     needs_description: bool = False
+    needs_input: bool = False  # the batch must carry the input frames (Batch.inputs)
 
     def start(self, keys: Sequence[str]) -> None:
         """A new generated set begins (`keys`: the samples it will see)."""

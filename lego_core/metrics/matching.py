@@ -46,6 +46,10 @@ class Source:
     def input_image(self, key: str) -> bytes | None:
         return None
 
+    def has_input(self, key: str) -> bool:
+        """Whether `input_image(key)` has an image (without reading it)."""
+        return False
+
     def texts(self, key: str) -> tuple[str | None, str | None]:
         """(label, description) when known."""
         return None, None
@@ -170,6 +174,9 @@ class ShardSource(Source):
 
     def input_image(self, key: str) -> bytes | None:
         return self._read(key, schema.INPUT)
+
+    def has_input(self, key: str) -> bool:
+        return schema.INPUT in self._fields(key)
 
     def texts(self, key: str):
         label = None

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 from lego_core.errors import BadInput
 
-from . import ALL_METRICS
+from . import ALL_METRICS, METRIC_ALIASES
 from .blip_score import DEFAULT_BLIP, PROMPT
 from .clip_score import DEFAULT_CLIP
 from .common import Batch, Metric, Shared, decode_image, resize_to
@@ -54,13 +54,18 @@ class EvalConfig:
     blip_beams: int = 3
     blip_min_length: int = 5
     blip_max_length: int = 20
+    blip_text_encoder: str = "clip"  # clip | egovlp (the authors' variant: EgoVLP's text branch)
+    egovlp: str | None = None  # checkpoint file; default: egovlp.pth / epic_mir_plus.pth in the torch cache
+    egovlp_frames: int | None = None  # clip length; default 16 for an epic* checkpoint, else 4
+    egovlp_tokenizer: str = "distilbert-base-uncased"
     generated_field: str | None = None
     report_metric: str | None = None
     report_samples: int = 8
     seed: int = 0
 
     def __post_init__(self):
-        ms = tuple(dict.fromkeys(m.strip().lower() for m in self.metrics if m.strip()))
+        ms = tuple(dict.fromkeys(METRIC_ALIASES.get(m.strip().lower(), m.strip().lower())
+                                 for m in self.metrics if m.strip()))
         bad = [m for m in ms if m not in ALL_METRICS]
         if bad:
             raise BadInput(f"--metrics: unknown metric {bad[0]!r}; want some of {','.join(ALL_METRICS)}")
@@ -69,6 +74,10 @@ class EvalConfig:
         self.metrics = ms
         if self.batch_size < 1:
             raise BadInput("--batch-size must be at least 1")
+        if self.blip_text_encoder not in ("clip", "egovlp"):
+            raise BadInput(f"--blip-text-encoder: {self.blip_text_encoder!r}; want clip or egovlp")
+        if self.egovlp_frames is not None and self.egovlp_frames < 1:
+            raise BadInput(f"--egovlp-frames must be at least 1 (got {self.egovlp_frames})")
 
 
 @dataclass
@@ -134,7 +143,7 @@ class EvalResult:
 
 
 def build_metrics(cfg: EvalConfig, device: str, shared: Shared | None = None) -> list[Metric]:
-    """Load every metric's models once (in a fixed order: psnr, lpips, fid, clip, blip)."""
+    """Load every metric's models once (in a fixed order: psnr, lpips, fid, clip, blip, egovlp, egovlp+)."""
     shared = shared or Shared()
     out: list[Metric] = []
     for name in ALL_METRICS:
@@ -160,7 +169,14 @@ def build_metrics(cfg: EvalConfig, device: str, shared: Shared | None = None) ->
             from .blip_score import BlipScore
 
             out.append(BlipScore(cfg.blip_models, cfg.clip_model, device, shared, cfg.blip_prompt, cfg.blip_beams,
-                                 cfg.blip_min_length, cfg.blip_max_length))
+                                 cfg.blip_min_length, cfg.blip_max_length, text_encoder=cfg.blip_text_encoder,
+                                 egovlp=cfg.egovlp, egovlp_frames=cfg.egovlp_frames,
+                                 egovlp_tokenizer=cfg.egovlp_tokenizer))
+        elif name in ("egovlp", "egovlp+"):
+            from .egovlp_score import EgoVLPPlusScore, EgoVLPScore
+
+            cls = EgoVLPScore if name == "egovlp" else EgoVLPPlusScore
+            out.append(cls(cfg.egovlp, cfg.egovlp_frames, device, shared))
     return out
 
 
@@ -174,8 +190,9 @@ def _stats(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": n}
 
 
-def _load(gen: Source, ref: Source, key: str):
-    """(key, generated, reference, resized?) or (key, None, reason) when an image does not decode."""
+def _load(gen: Source, ref: Source, key: str, with_input: bool = False):
+    """(key, (generated, reference, input or None), resized?) or (key, None, reason) when an image
+    does not decode. An input frame that is missing or does not decode is None (never fatal)."""
     try:
         g = decode_image(gen.image(key))
     except Exception as e:  # noqa: BLE001 - one bad image never stops the run
@@ -185,7 +202,14 @@ def _load(gen: Source, ref: Source, key: str):
     except Exception as e:  # noqa: BLE001
         return key, None, f"reference image does not decode ({type(e).__name__})"
     resized = g.size != r.size
-    return key, (resize_to(g, r.size), r), resized
+    x = None
+    if with_input:
+        try:
+            data = ref.input_image(key)
+            x = decode_image(data) if data else None
+        except Exception:  # noqa: BLE001
+            log.warning("%s: the input frame does not decode; metrics that need it leave this sample out", key)
+    return key, (resize_to(g, r.size), r, x), resized
 
 
 def _thumb(im, size: int = 192) -> bytes:
@@ -217,6 +241,7 @@ def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric],
     resized = 0
     timings: dict[str, float] = {}
     bs = cfg.batch_size
+    with_input = any(getattr(mt, "needs_input", False) for mt in metrics)
     chunks = [m.keys[i:i + bs] for i in range(0, len(m.keys), bs)]
     bar = None
     if progress:
@@ -224,12 +249,12 @@ def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric],
 
         bar = tqdm(total=len(m.keys), desc=f"evaluate {name}", unit="img", leave=False)
     with ThreadPoolExecutor(max(1, cfg.workers)) as pool:
-        submit = lambda keys: [pool.submit(_load, gen, ref, k) for k in keys]  # noqa: E731
+        submit = lambda keys: [pool.submit(_load, gen, ref, k, with_input) for k in keys]  # noqa: E731
         pending = submit(chunks[0]) if chunks else []
         for ci in range(len(chunks)):
             loaded = [f.result() for f in pending]
             pending = submit(chunks[ci + 1]) if ci + 1 < len(chunks) else []
-            keys, gens, refs = [], [], []
+            keys, gens, refs, inputs = [], [], [], []
             for key, pair, info in loaded:
                 if pair is None:
                     stats.add(info, key=key)
@@ -238,10 +263,11 @@ def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric],
                 keys.append(key)
                 gens.append(pair[0])
                 refs.append(pair[1])
+                inputs.append(pair[2])
                 resized += bool(info)
             if keys:
-                batch = Batch(keys, gens, refs, descriptions=[texts[k][1] for k in keys],
-                              labels=[texts[k][0] for k in keys])
+                batch = Batch(keys, gens, refs, inputs=inputs if with_input else [],
+                              descriptions=[texts[k][1] for k in keys], labels=[texts[k][0] for k in keys])
                 for k in keys:
                     rows[k] = {"key": k, "label": texts[k][0] or "", "description": texts[k][1] or ""}
                 for metric in metrics:
@@ -327,6 +353,40 @@ def _check_descriptions(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> Ev
     return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "blip"))
 
 
+def _check_egovlp(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
+    """EgoVLP / EgoVLP+ need the checkpoint (and EgoVLP+ the input frames). Chosen with --metrics:
+    missing → BadInput; in the default set: left out with a warning, as BLIP without descriptions."""
+    from dataclasses import replace
+
+    wanted = [m for m in ("egovlp", "egovlp+") if m in cfg.metrics]
+    if cfg.blip_text_encoder == "egovlp" and "blip" in cfg.metrics:
+        from .egovlp_score import default_frames, find_checkpoint
+
+        find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))  # chosen by flag: always fatal
+    if not wanted:
+        return cfg
+    drop: dict[str, str] = {}
+    try:
+        from .egovlp_score import default_frames, find_checkpoint
+
+        find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))
+    except BadInput as e:
+        if cfg.metrics_explicit or cfg.egovlp:
+            raise
+        drop = {m: str(e) for m in wanted}
+    if "egovlp+" in wanted and "egovlp+" not in drop and not any(ref.has_input(k) for k in keys):
+        msg = (f"EgoVLP+ needs the input frame of each sample and {ref.path} has none "
+               "(shards: input.jpg; a folder reference has no input frames)")
+        if cfg.metrics_explicit:
+            raise BadInput(msg)
+        drop["egovlp+"] = msg
+    if not drop:
+        return cfg
+    for m, why in drop.items():
+        log.warning("%s: leaving %s out", why, m)
+    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in drop))
+
+
 def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference, cfg: EvalConfig | None = None,
              out: str | None = None, progress: bool = False) -> EvalResult:
     """Evaluate one or several generated sets (name → folder or shards) against `reference`
@@ -341,6 +401,7 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
         matches = {name: match(src, ref) for name, src in sources.items()}  # fail fast, before loading models
         all_keys = sorted({k for mt in matches.values() for k in mt.keys})
         cfg = _check_descriptions(cfg, ref, all_keys)
+        cfg = _check_egovlp(cfg, ref, all_keys)
         device = resolve_device(cfg.device)
         metrics = build_metrics(cfg, device)
         sets = []
@@ -396,6 +457,12 @@ def evaluate_models(shards, models: Mapping[str, str] | Sequence[str], cfg: Eval
     from .generate import generate_folder
 
     generate = generate or generate_folder
+    cfg = cfg or EvalConfig()
+    if cfg.egovlp or (cfg.metrics_explicit and {"egovlp", "egovlp+"} & set(cfg.metrics)) or \
+            (cfg.blip_text_encoder == "egovlp" and "blip" in cfg.metrics):
+        from .egovlp_score import default_frames, find_checkpoint
+
+        find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))  # before hours of generating
     named = _named(models)
     base = out or tempfile.mkdtemp(prefix="lego-eval-")
     folders = {}

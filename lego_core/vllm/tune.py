@@ -1,0 +1,531 @@
+"""`lego tune-vllm`: visual instruction tuning of a LLaVA on curated shards, with DeepSpeed.
+
+The recipe is the paper's (the authors ran LLaVA's `train_mem.py` with `zero3_offload.json`):
+
+- one example per sample: the input frame X, a question drawn from the ten templates with the
+  action label (`templates.tuning_question`, seeded by (seed, epoch, key), so a resumed run asks
+  what an uninterrupted one would have), and the answer = `curated.txt`;
+- the conversation is rendered by the model's own chat template (LLaVA-1.5's format when it has
+  none) and tokenised with the image by the processor; the labels are -100 everywhere but the
+  answer tokens: those the template marks with `{% generation %}` when it does, else the tokens
+  after the prompt (the answer and the end token); sequences are cut at `max_length` (2048),
+  answers only — a prompt never loses image tokens;
+- the CLIP vision tower is frozen; the projector and the language model (embeddings and lm_head
+  included) are trained with AdamW, lr 2e-5, weight decay 0, cosine schedule with 3 % linear
+  warmup, 3 epochs, gradient clipping 1.0, bf16 where the GPU supports it, gradient checkpointing;
+- DeepSpeed ZeRO-3 by default (optimizer / parameter CPU offload as options), through the engine
+  `lego train` uses: launch detection, atomic checkpoints with exact resume, logging;
+- the result is a transformers LLaVA folder (safetensors; ZeRO-3 partitions gathered) plus the
+  processor: `RUN/model/`, which `lego enrich --vllm` and `lego generate --vllm` load.
+
+The image goes through `prompting.prepare_image` with the same `aspect` as `lego enrich`, so the
+model is tuned on what it later sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lego_core.engine.config import EngineOptions
+from lego_core.errors import BadInput, LegoError
+
+log = logging.getLogger("lego.tune")
+
+IGNORE = -100
+
+
+@dataclass
+class TuneConfig:
+    shards: list[str]
+    vllm: str                                     # the base LLaVA: a folder or a hub id
+    out: str                                      # the run folder
+    epochs: float = 3.0                           # paper
+    max_steps: int | None = None                  # optimizer steps; default: --epochs over the data
+    learning_rate: float = 2e-5                   # paper
+    weight_decay: float = 0.0                     # paper
+    warmup_ratio: float = 0.03                    # paper: cosine schedule, 3 % linear warmup
+    max_length: int = 2048                        # paper (model_max_length)
+    gradient_checkpointing: bool = True           # paper
+    aspect: str = "crop"                          # the image preparation of `lego enrich`
+    seed: int = 0
+    workers: int = 2                              # DataLoader workers per rank (JPEG decoding)
+    shuffle_buffer: int = 1000
+    resample: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2                     # a 13B checkpoint with optimizer states is ~200 GB
+    resume: str | None = None                     # a checkpoint folder; default: the run's latest
+    overwrite: bool = False
+    log_every: int = 10
+    progress: bool = True
+    # paper: 16 per GPU, no accumulation, ZeRO-3 (the authors also offloaded to CPU)
+    engine: EngineOptions = field(default_factory=lambda: EngineOptions(micro_batch=16, grad_accum=1, zero_stage=3))
+
+
+# ---------------------------------------------------------------------------------------------
+# One example: chat formatting, answer-only labels, truncation
+
+
+class SkipSample(Exception):
+    """A sample that cannot make a training example (its prompt alone exceeds max_length)."""
+
+
+def _messages(question: str, answer: str | None, image=None) -> list[dict]:
+    img = {"type": "image"} if image is None else {"type": "image", "image": image}
+    msgs = [{"role": "user", "content": [img, {"type": "text", "text": question}]}]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return msgs
+
+
+def _template(processor) -> str | None:
+    return getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
+
+
+def answer_mask_kind(processor) -> str:
+    """How the answer tokens are found: "generation" (the chat template marks them with
+    `{% generation %}`), "prefix" (every token after the prompt), "fallback" (no chat template:
+    LLaVA-1.5's format, the answer and the end token after the prompt)."""
+    template = _template(processor)
+    if not template:
+        return "fallback"
+    return "generation" if "{% generation %}" in template.replace("{%- generation", "{% generation") else "prefix"
+
+
+def encode_example(processor, image, question: str, answer: str, *, max_length: int = 2048) -> dict:
+    """One training example as 1-D tensors: input_ids, attention_mask, labels (-100 but on the
+    answer tokens) and pixel_values (3, H, W), cut to `max_length` tokens. `image`: an RGB PIL
+    image already through `prepare_image`. Raises `SkipSample` when the prompt alone (image tokens
+    included) does not fit."""
+    import torch
+
+    from lego_core.vllm.prompting import build_prompt
+
+    kind = answer_mask_kind(processor)
+    prompt = build_prompt(processor, question)
+    if kind == "fallback":
+        full = f"{prompt} {answer}{processor.tokenizer.eos_token or ''}"
+    elif getattr(processor, "chat_template", None):
+        full = processor.apply_chat_template(_messages(question, answer))
+    else:
+        full = processor.tokenizer.apply_chat_template(_messages(question, answer), tokenize=False)
+    enc = processor(images=[image], text=[full], return_tensors="pt")
+    ids = enc["input_ids"][0]
+    if kind == "generation":
+        out = processor.apply_chat_template(_messages(question, answer, image), tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True, return_tensors="pt")
+        if not torch.equal(out["input_ids"][0], ids):
+            raise LegoError("the chat template tokenises differently with return_assistant_tokens_mask; "
+                            "cannot find the answer tokens")
+        keep = out["assistant_masks"][0].bool()
+        n_prompt = int(keep.nonzero()[0]) if keep.any() else len(ids)
+    else:
+        prompt_ids = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"][0]
+        n = min(len(prompt_ids), len(ids))
+        same = (prompt_ids[:n] == ids[:n]).long()
+        n_prompt = int(same.cumprod(0).sum())          # longest common prefix: the prompt
+        keep = torch.zeros(len(ids), dtype=torch.bool)
+        keep[n_prompt:] = True
+    if n_prompt >= max_length:
+        raise SkipSample(f"the prompt is {n_prompt} tokens (image tokens + question), not under --max-length {max_length}")
+    labels = torch.where(keep, ids, torch.full_like(ids, IGNORE))
+    return {"input_ids": ids[:max_length], "attention_mask": enc["attention_mask"][0][:max_length],
+            "labels": labels[:max_length], "pixel_values": enc["pixel_values"][0]}
+
+
+def collate_examples(examples: list[dict], pad_id: int) -> dict:
+    """Right-padded batch (padding: pad_id, mask 0, label -100)."""
+    import torch
+
+    n = max(len(e["input_ids"]) for e in examples)
+
+    def pad(key, value):
+        return torch.stack([torch.nn.functional.pad(e[key], (0, n - len(e[key])), value=value) for e in examples])
+
+    return {"input_ids": pad("input_ids", pad_id), "attention_mask": pad("attention_mask", 0),
+            "labels": pad("labels", IGNORE), "pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+
+
+def question_seed(seed: int, epoch: int, key: str) -> int:
+    """The template draw of one sample in one epoch: fixed by (seed, epoch, key), so it does not
+    depend on ranks, workers or resuming."""
+    digest = hashlib.sha256(f"lego-tune-{seed}-{epoch}-{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+class DecodeCurated:
+    """Pipeline stage (module level: pickles into spawned workers): raw sample -> key, prepared RGB
+    image, label, answer. A sample that fails to decode is skipped and logged."""
+
+    def __init__(self, image_mean, aspect: str):
+        self.image_mean, self.aspect = image_mean, aspect
+
+    def __call__(self, src):
+        from types import SimpleNamespace
+
+        from PIL import Image
+
+        from lego_core.data.schema import CURATED, INPUT, META, decode_meta, decode_text
+        from lego_core.vllm.prompting import prepare_image
+        from lego_core.vllm.templates import action_text
+
+        fake_processor = SimpleNamespace(image_processor=SimpleNamespace(image_mean=self.image_mean))
+        for sample in src:
+            key = sample.get("__key__")
+            try:
+                with Image.open(io.BytesIO(sample[INPUT])) as im:
+                    image = prepare_image(im, fake_processor, self.aspect)
+                label = decode_meta(sample[META]).label
+                action_text(label)
+                answer = decode_text(sample[CURATED]).strip()
+                if not answer:
+                    raise ValueError("empty curated.txt")
+            except Exception as e:  # noqa: BLE001 - one bad sample never stops training
+                log.warning("skipped %s: %s", key, e)
+                continue
+            yield {"key": key, "image": image, "label": label, "answer": answer}
+
+
+def _as_list(batch):
+    return batch
+
+
+def curated_counts(urls: list[str]) -> tuple[int, int, str | None]:
+    """(samples, samples with curated.txt, the first shard lacking it) from the tar headers of
+    local shards (no decoding). Remote shards are not counted."""
+    from lego_core.data.schema import CURATED
+    from lego_core.data.shards import _BASE_PLUS_EXT, _REMOTE, _SKIP_META
+
+    total = curated = 0
+    lacking = None
+    for url in urls:
+        if _REMOTE.match(url):
+            continue
+        keys: dict[str, bool] = {}
+        try:
+            with tarfile.open(url, mode="r:*") as tar:
+                for info in tar:
+                    m = _BASE_PLUS_EXT.match(info.name)
+                    if info.isreg() and m and not _SKIP_META.match(info.name):
+                        keys[m.group(1)] = keys.get(m.group(1), False) or m.group(2).lower() == CURATED
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise BadInput(f"cannot read shard {url}: {e}") from None
+        total += len(keys)
+        curated += sum(keys.values())
+        if lacking is None and not all(keys.values()):
+            lacking = url
+    return total, curated, lacking
+
+
+def check_curated(urls: list[str]) -> int:
+    """Fail at start, with one line, when no sample has curated.txt; warn when some lack it.
+    Returns the number of usable samples (for the epoch length)."""
+    total, curated, lacking = curated_counts(urls)
+    if total and not curated:
+        raise BadInput(f"{lacking}: samples lack curated.txt, the answers tune-vllm trains on "
+                       "(run `lego curate` on these shards first)")
+    if curated < total:
+        log.warning("%d of %d samples lack curated.txt and are skipped (first in %s)", total - curated, total, lacking)
+    return curated
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def _parts(model):
+    inner = getattr(model, "model", model)
+    vision = getattr(inner, "vision_tower", None) or getattr(model, "vision_tower", None)
+    projector = getattr(inner, "multi_modal_projector", None) or getattr(model, "multi_modal_projector", None)
+    if vision is None or projector is None:
+        raise BadInput(f"{type(model).__name__} has no vision_tower / multi_modal_projector: expected a LLaVA")
+    return vision, projector
+
+
+def freeze_vision_tower(model) -> list:
+    """Freeze the vision tower; return the trainable parameters (projector + language model)."""
+    vision, _ = _parts(model)
+    vision.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def load_base(name: str, dtype, ds_config: dict):
+    """The base model and processor. Under ZeRO-3 the weights load straight into partitions
+    (transformers' `HfDeepSpeedConfig` + `deepspeed.zero.Init`), so no rank ever holds the whole
+    model; the global switch is cleared again afterwards."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from lego_core.vllm.load import load_config
+
+    load_config(name)                         # one-line errors for a wrong folder / name
+    path = Path(name).expanduser()
+    name = str(path) if path.is_dir() else name
+    zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+    keep = None
+    if zero3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(ds_config)    # noqa: F841 - must stay alive while loading
+    try:
+        processor = AutoProcessor.from_pretrained(name)
+        model = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
+    finally:
+        if keep is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+    if getattr(processor, "image_token", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise BadInput(f"{name}: the processor ({type(processor).__name__}) has no image token / tokenizer")
+    return model, processor
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing, non-reentrant (frozen vision outputs need no grad)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):          # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _optimizer(params, cfg: TuneConfig, ds_config: dict):
+    """torch AdamW (no FusedAdam JIT build); with optimizer offload, DeepSpeed's CPU Adam when it
+    builds (in place and vectorised: what a 7B model's 112 GB of states need), else torch's."""
+    import torch
+
+    kw = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    if ds_config.get("zero_optimization", {}).get("offload_optimizer"):
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+        except Exception as e:  # noqa: BLE001 - no compiler here: fall back, say so
+            log.warning("DeepSpeedCPUAdam unavailable (%s); using torch.optim.AdamW on the CPU (slower)",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            ds_config["zero_force_ds_cpu_optimizer"] = False
+    return torch.optim.AdamW(params, **kw)
+
+
+def total_steps(cfg: TuneConfig, n_samples: int, world_size: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_step = cfg.engine.micro_batch * cfg.engine.grad_accum * world_size
+    return max(1, math.ceil(cfg.epochs * n_samples / per_step))
+
+
+def check_config(cfg: TuneConfig) -> None:
+    if cfg.max_length < 16:
+        raise BadInput(f"--max-length must be >= 16, not {cfg.max_length}")
+    if cfg.epochs <= 0 and not cfg.max_steps:
+        raise BadInput(f"--epochs must be > 0, not {cfg.epochs}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise BadInput(f"--max-steps must be >= 1, not {cfg.max_steps}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise BadInput(f"--warmup-ratio must be in [0, 1), not {cfg.warmup_ratio}")
+    if cfg.aspect not in ("crop", "pad"):
+        raise BadInput(f"--aspect must be 'crop' or 'pad', not {cfg.aspect!r}")
+    if cfg.checkpoint_every < 1:
+        raise BadInput(f"--checkpoint-every must be >= 1, not {cfg.checkpoint_every}")
+    if cfg.engine.micro_batch < 1 or cfg.engine.grad_accum < 1:
+        raise BadInput("--batch-size and --grad-accum must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def tune(cfg: TuneConfig) -> Path | None:
+    """Run (or resume) tuning; returns the exported LLaVA folder (on rank 0; None elsewhere)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    from lego_core.data.shards import expand_shards
+    from lego_core.engine.launch import detect_launch, init_distributed, shutdown
+
+    check_config(cfg)
+    urls = expand_shards(cfg.shards)
+    n_samples = check_curated(urls)
+    if not n_samples and not cfg.max_steps:
+        raise BadInput("cannot count the samples of remote shards: pass --max-steps")
+    run = Path(cfg.out)
+    dist_env = detect_launch()
+    device, _ = init_distributed(dist_env)
+    try:
+        return _tune(cfg, urls, n_samples, run, dist_env.rank, dist_env.world_size, device)
+    finally:
+        shutdown()
+
+
+def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, device) -> Path | None:
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from transformers import get_cosine_schedule_with_warmup
+
+    from lego_core.data.schema import CURATED, INPUT, META
+    from lego_core.data.shards import SkipStats, make_dataset
+    from lego_core.engine import checkpoint as ckpt
+    from lego_core.engine.config import deepspeed_config, precision_dtype
+    from lego_core.engine.logger import RunLogger
+    from lego_core.engine.stream import batch_stream
+    from lego_core.vllm.templates import tuning_question
+
+    ckpt_dir = run / "checkpoints"
+    if rank == 0:
+        if cfg.overwrite and run.exists():
+            import shutil
+
+            for sub in ("checkpoints", "model", "log.jsonl", "tensorboard"):
+                p = run / sub
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        ckpt.sweep_partial(ckpt_dir)
+    dist.barrier()
+
+    torch.manual_seed(cfg.seed + rank)
+    ds_config = deepspeed_config(cfg.engine, world)
+    dtype = precision_dtype(ds_config)
+    if rank != 0 or not cfg.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    model, processor = load_base(cfg.vllm, dtype, ds_config)
+    model.config.use_cache = False
+    if hasattr(model.config, "text_config"):
+        model.config.text_config.use_cache = False
+    params = freeze_vision_tower(model)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    optimizer = _optimizer(params, cfg, ds_config)
+    total = total_steps(cfg, n_samples, world)
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    lr_sched = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_sched,
+                                           config=ds_config, model_parameters=params)
+    zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+
+    resume_from = Path(cfg.resume) if cfg.resume else ckpt.latest_checkpoint(ckpt_dir)
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
+    if resume_from is not None:
+        if not (resume_from / "lego-state.json").is_file():
+            raise BadInput(f"--resume {resume_from}: not a finished checkpoint (no lego-state.json)")
+        state.update(ckpt.load_checkpoint(engine, resume_from, rank=rank))
+    start = int(state["step"])
+    logger = RunLogger(run, enabled=rank == 0, total_steps=total, start_step=start, progress=cfg.progress,
+                       every=cfg.log_every, desc="tune-vllm")
+    if rank == 0:
+        (run / "tune-config.json").write_text(json.dumps(
+            {**asdict(cfg), "resolved": {"world_size": world, "total_steps": total, "warmup_steps": warmup,
+                                          "samples": n_samples, "answer_tokens": answer_mask_kind(processor),
+                                          "deepspeed": ds_config}}, indent=1, default=str))
+        logger.event("resume" if resume_from else "start", step=start, total_steps=total, world_size=world,
+                     checkpoint=str(resume_from) if resume_from else None)
+
+    stats = SkipStats()
+    dataset = make_dataset(urls, shuffle=cfg.shuffle_buffer, resample=cfg.resample, seed=cfg.seed,
+                           require=[INPUT, META, CURATED], stats=stats)
+    mean = list(getattr(processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5))
+    dataset.append(DecodeCurated(mean, cfg.aspect))
+
+    def loader():
+        return torch.utils.data.DataLoader(dataset, batch_size=cfg.engine.micro_batch, num_workers=cfg.workers,
+                                           collate_fn=_as_list, drop_last=True,
+                                           multiprocessing_context="spawn" if cfg.workers else None)
+
+    pad_id = processor.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = processor.tokenizer.eos_token_id or 0
+    batches = batch_stream(dataset, loader, int(state["epoch"]), int(state["batches_in_epoch"]))
+
+    def next_batch():
+        while True:
+            epoch, in_epoch, samples = next(batches)
+            examples = []
+            for s in samples:
+                question = tuning_question(s["label"], question_seed(cfg.seed, epoch, s["key"]))
+                try:
+                    examples.append(encode_example(processor, s["image"], question, s["answer"],
+                                                   max_length=cfg.max_length))
+                except SkipSample as e:
+                    stats.add("prompt too long", key=s["key"], detail=str(e))
+                    log.warning("skipped %s: %s", s["key"], e)
+            if examples:
+                return epoch, in_epoch, collate_examples(examples, pad_id)
+
+    step, t0, tokens = start, time.perf_counter(), 0
+    engine.train()
+    while step < total:
+        loss_sum, lr = 0.0, lr_sched.get_last_lr()[0]          # the rate this step uses
+        for _ in range(cfg.engine.grad_accum):
+            epoch, in_epoch, batch = next_batch()
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            batch["pixel_values"] = batch["pixel_values"].to(dtype)
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item() / cfg.engine.grad_accum
+            tokens += int(batch["attention_mask"].sum())
+        step += 1
+        elapsed = time.perf_counter() - t0
+        logger.step(step, loss=loss_sum, lr=lr, tokens_per_s=tokens * world / max(elapsed, 1e-9),
+                    epoch=epoch)
+        if step % cfg.checkpoint_every == 0 or step == total:
+            ckpt.save_checkpoint(engine, ckpt_dir, step, {"epoch": epoch, "batches_in_epoch": in_epoch},
+                                 rank=rank, keep=cfg.keep_checkpoints)
+            logger.event("checkpoint", step=step)
+    if stats.total and rank == 0:
+        log.warning("skipped %s", stats.summary())
+    out = export(engine, processor, run / "model", rank, zero3, record=cfg)
+    logger.event("done", step=step, steps_run=step - start, model=str(out))
+    logger.close()
+    return out if rank == 0 else None
+
+
+def export(engine, processor, folder: Path, rank: int, zero3: bool, record: TuneConfig | None = None) -> Path:
+    """The trained weights as a transformers LLaVA folder (safetensors) with the processor, written
+    to FOLDER.partial and renamed. Under ZeRO-3 the partitions are gathered (layer by layer, to
+    rank 0's CPU) first; a collective call."""
+    import shutil
+
+    import torch.distributed as dist
+
+    model = engine.module
+    if zero3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()   # what accelerate's get_state_dict uses
+    else:
+        state_dict = model.state_dict() if rank == 0 else None
+    if rank == 0:
+        model.config.use_cache = True
+        if hasattr(model.config, "text_config"):
+            model.config.text_config.use_cache = True
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict={k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+                              safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if record is not None:
+            (tmp / "lego-tune.json").write_text(json.dumps(asdict(record), indent=1, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    if dist.is_initialized():
+        dist.barrier()
+    return folder
+
+
+__all__ = ["TuneConfig", "tune", "encode_example", "collate_examples", "answer_mask_kind", "question_seed",
+           "check_curated", "freeze_vision_tower", "export"]
