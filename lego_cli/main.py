@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune-vllm": ("tune_vllm", "Visual instruction tuning of a LLaVA on curated shards (DeepSpeed)."),
     "train": ("train", "Train the LEGO diffusion model (DeepSpeed; one CPU to many GPUs)."),
     "generate": ("generate", "A frame + an action prompt -> the action frame (and the description)."),
+    "import": ("import_cmd", "The authors' released checkpoint, VLLM and dataset -> lego's model folders and shards."),
 }
 
 

@@ -180,10 +180,9 @@ class Demo:
                                                    "seed": self.cfg.seed, "device": "cpu"})
         table = table_text(result)
         (out / "table.txt").write_text(table + "\n")
-        report = next((v for k, v in result.outputs.items() if k.endswith("report.html") or "report" in k),
-                      str(out / "lego" / "report.html"))
-        return {"report": str(report), "metrics": str(out / "lego" / "metrics.json"),
-                "generated": str(out / "lego" / "generated"), "table": table}
+        # one model: its files sit in OUT itself (several: OUT/NAME/ and a comparison in OUT)
+        return {"report": str(out / "report.html"), "metrics": str(out / "metrics.json"),
+                "samples": str(out / "samples.csv"), "generated": str(out / "generated"), "table": table}
 
     # -- the whole run ---------------------------------------------------------------------------
 

@@ -177,6 +177,9 @@ def test_strict_keys_and_temporal_embedding(ckpts, tmp_path):
     pos_ids = torch.arange(64).expand(1, -1)
     torch.save({"state_dict": {**sd, "module.text_model.embeddings.position_ids": pos_ids}}, tmp_path / "pos.pth")
     load_egovlp(tmp_path / "pos.pth")
+    # A legacy (pre-zip) torch file loads too.
+    torch.save({"state_dict": sd}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    load_egovlp(tmp_path / "legacy.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(BadInput, match="cannot read checkpoint"):
         load_egovlp(tmp_path / "junk.pth")

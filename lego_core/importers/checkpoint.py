@@ -354,30 +354,26 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
 
     text_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "_name_or_path")}
     text_encoder = _empty(lambda: CLIPTextModel(CLIPTextConfig(**text_cfg)))
-    text_state = {}
-    for k, v in parts["text"].items():
-        name = k[len(compvis.TEXT_PREFIX):] if k.startswith(compvis.TEXT_PREFIX) else None
-        if name is None or name.endswith("position_ids"):
-            continue
-        if not name.startswith("text_model."):     # very old files: no "text_model." level
-            name = "text_model." + name
-        text_state[name] = v
-    text_names = {k: k for k in text_encoder.state_dict() if not k.endswith("position_ids")}
+    text_state = {compvis.text_from_compvis(k): v for k, v in parts["text"].items()
+                  if k.startswith(compvis.TEXT_PREFIX) and not k.endswith("position_ids")}
     own_text = text_encoder.state_dict()
-    missing_pos = [k for k in own_text if k.endswith("position_ids")]
-    _load_part_text = {k: text_state.get(k) for k in text_names}
-    if any(v is None for v in _load_part_text.values()):
-        first = next(compvis.TEXT_PREFIX + k for k, v in _load_part_text.items() if v is None)
-        raise BadInput(f"{src}: {sum(v is None for v in _load_part_text.values())} of {len(text_names)} text encoder "
-                       f"weights missing (first: {first}); not a checkpoint of this architecture")
-    for k, v in _load_part_text.items():
+    text_names = {k: compvis.text_from_compvis(k) for k in own_text if not k.endswith("position_ids")}
+    if any(name not in text_state for name in text_names.values()):
+        text_state = {compvis.TEXT_PREFIX + compvis.text_to_compvis(k): v for k, v in text_state.items()}
+        text_names = {k: compvis.TEXT_PREFIX + compvis.text_to_compvis(name) for k, name in text_names.items()}
+        _load_part(text_encoder, text_names, text_state, "text encoder", src, torch_dtype)  # raises: names missing
+    sd = {}
+    for k, name in text_names.items():
+        v = text_state[name]
         if tuple(v.shape) != tuple(own_text[k].shape):
-            raise BadInput(f"{src}: {compvis.TEXT_PREFIX}{k} has shape {list(v.shape)}, the text encoder expects "
-                           f"{list(own_text[k].shape)}; not a checkpoint of this architecture (use --base)")
-    full = {k: v.to(torch_dtype) for k, v in _load_part_text.items()}
-    for k in missing_pos:
-        full[k] = own_text[k]
-    text_encoder.load_state_dict(full, strict=False, assign=True)
+            raise BadInput(f"{src}: {compvis.TEXT_PREFIX}{compvis.text_to_compvis(name)} has shape {list(v.shape)}, "
+                           f"the text encoder expects {list(own_text[k].shape)}; not a checkpoint of this "
+                           "architecture (use --base for another one)")
+        sd[k] = v.to(torch_dtype)
+    for k in own_text:
+        if k.endswith("position_ids"):
+            sd[k] = own_text[k]
+    text_encoder.load_state_dict(sd, strict=True, assign=True)
     text_encoder.eval()
 
     conditioner = None

@@ -148,8 +148,19 @@ def is_vae_attention_matrix(diffusers_key: str) -> bool:
 
 
 def text_to_compvis(key: str) -> str:
-    """The CompVis name (under `cond_stage_model.transformer.`) of a CLIPTextModel key: unchanged."""
-    return key
+    """The CompVis name (under `cond_stage_model.transformer.`) of a CLIPTextModel key.
+
+    SD-1.x files hold `text_model.embeddings...` (transformers 4's CLIPTextModel layout); transformers
+    5 names the same weights without the `text_model.` level, so it is added back here."""
+    return key if key.startswith("text_model.") else "text_model." + key
+
+
+def text_from_compvis(name: str) -> str:
+    """A CLIP text weight's name without `cond_stage_model.transformer.` and without the
+    `text_model.` level (older files have none; SD-1.x files have it): the common form."""
+    if name.startswith(TEXT_PREFIX):
+        name = name[len(TEXT_PREFIX):]
+    return name[len("text_model."):] if name.startswith("text_model.") else name
 
 
 # -- whole state dicts ---------------------------------------------------------------------------

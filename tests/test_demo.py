@@ -1,0 +1,57 @@
+"""`lego demo` in a reduced form (few steps): every stage's artefacts, then a rerun that skips them all."""
+
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import run_lego
+
+
+def keys_of(pattern_dir: Path, prefix: str) -> list[str]:
+    keys = []
+    for path in sorted(pattern_dir.glob(f"{prefix}-*.tar")):
+        with tarfile.open(path) as tar:
+            keys += [m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".meta.json")]
+    return keys
+
+
+def members(path: Path) -> set[str]:
+    with tarfile.open(path) as tar:
+        return {m.name.split(".", 1)[1] for m in tar.getmembers()}
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_a_rerun_skips_them(tmp_path):
+    out = tmp_path / "demo"
+    args = ["-q", "demo", "--out", str(out), "--train-steps", "4", "--tune-epochs", "1", "--gen-steps", "2", "--json"]
+    first = run_lego(*args, env={"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout)
+    shards = out / "shards"
+    assert len(keys_of(shards / "extracted", "epic")) == 16 and len(keys_of(shards / "extracted", "ego4d")) == 6
+    train, test = keys_of(shards / "split", "train"), keys_of(shards / "split", "test")
+    assert len(train) + len(test) == 22 and test and not set(train) & set(test)
+    assert "curated.txt" in members(shards / "curated" / "train-000000.tar")
+    assert {"enriched.txt", "vllm_img.npy", "vllm_txt.npy", "curated.txt"} <= members(shards / "enriched" / "test-000000.tar")
+    assert (out / "models" / "llava-tuned").exists()
+    llava_dirs = [p for p in (out / "models" / "llava-tuned").rglob("config.json")]
+    assert llava_dirs, "no tuned LLaVA folder"
+    assert (out / "runs" / "lego" / "model" / "model_index.json").is_file()
+    assert (out / "runs" / "lego" / "model" / "conditioner" / "config.json").is_file()
+    generated = sorted((out / "eval" / "generated").glob("*.png"))
+    assert [p.stem for p in generated] == sorted(test)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())["metrics"]
+    assert {"psnr", "lpips", "fid", "clip"} <= set(metrics)
+    for name, m in metrics.items():
+        value = m.get("mean", m.get("value"))
+        assert isinstance(value, float) and math.isfinite(value), (name, m)
+    report = (out / "eval" / "report.html").read_text()
+    assert "<img" in report and "data:image" in report
+    assert result["report"] == str(out / "eval" / "report.html") and "psnr" in result["table"]
+
+    again = run_lego(*args, env={"DS_ACCELERATOR": "cpu"}, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["seconds"] == {}        # every stage was already done

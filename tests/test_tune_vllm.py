@@ -1,0 +1,199 @@
+"""`lego tune-vllm`: the recipe on a tiny LLaVA — answer-only labels, overfitting, frozen vision
+tower, torchrun ZeRO-2/ZeRO-3, kill -9 + resume, the output loading in `lego enrich`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import LEGO, REPO, run_cli
+
+FAST = ["--workers", "0", "--precision", "fp32", "--log-every", "1"]
+
+
+def answer_of(meta: dict) -> str:
+    return f"Hold the {meta['noun'] or 'object'} with the left hand and {meta['label']}."
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory) -> Path:
+    from lego_core.kit import make_tiny_llava
+
+    return make_tiny_llava(tmp_path_factory.mktemp("tune") / "llava")
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory) -> Path:
+    """4 bundled samples with a curated.txt, 2 per shard (2 shards: one per rank)."""
+    from lego_core.data.shards import ShardWriter, iter_samples
+
+    out = tmp_path_factory.mktemp("curated")
+    with ShardWriter(str(out / "c-%06d.tar"), max_samples=2) as w:
+        for _, s in zip(range(4), iter_samples([str(REPO / "shards")])):
+            s = {k: v for k, v in s.items() if not k.startswith("__url")}
+            s["curated.txt"] = answer_of(json.loads(s["meta.json"]))
+            w.write(s)
+    return out
+
+
+def env(**extra):
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
+
+
+def events(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_labels_cover_only_the_answer_and_truncation_keeps_the_prompt(llava):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from lego_core.vllm.tune import IGNORE, SkipSample, answer_mask_kind, collate_examples, encode_example
+
+    processor = AutoProcessor.from_pretrained(llava)
+    tok = processor.tokenizer
+    image = Image.new("RGB", (48, 32), (200, 30, 30))
+    answer = "Hold the onion with the left hand and cut it."
+    assert answer_mask_kind(processor) == "generation"
+    ex = encode_example(processor, image, "How do I cut onion here?", answer)
+    labelled = ex["labels"][ex["labels"] != IGNORE]
+    assert tok.decode(labelled) == answer + tok.eos_token
+    assert (ex["input_ids"] == processor.image_token_id).sum() == 16 and ex["pixel_values"].shape == (3, 32, 32)
+
+    processor.chat_template = None                       # no template: LLaVA-1.5's format, same answer tokens
+    tok.chat_template = None
+    assert answer_mask_kind(processor) == "fallback"
+    fb = encode_example(processor, image, "How do I cut onion here?", answer)
+    assert tok.decode(fb["labels"][fb["labels"] != IGNORE]) == answer + tok.eos_token
+    assert torch.equal(fb["input_ids"], ex["input_ids"])
+
+    n_prompt = int((ex["labels"] == IGNORE).sum())
+    cut = encode_example(processor, image, "How do I cut onion here?", answer, max_length=n_prompt + 3)
+    assert len(cut["input_ids"]) == n_prompt + 3 and (cut["labels"] != IGNORE).sum() == 3
+    with pytest.raises(SkipSample):
+        encode_example(processor, image, "How do I cut onion here?", answer, max_length=n_prompt)
+    batch = collate_examples([ex, cut], tok.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(ex["input_ids"]))
+    assert (batch["labels"][1, n_prompt + 3:] == IGNORE).all() and batch["attention_mask"][1].sum() == n_prompt + 3
+
+
+def test_question_is_drawn_per_sample_and_epoch_reproducibly():
+    from lego_core.vllm.templates import tuning_question
+    from lego_core.vllm.tune import question_seed
+
+    draws = {tuning_question("cut onion", question_seed(0, e, "k")) for e in range(40)}
+    assert len(draws) >= 8                               # the ten templates get used
+    assert question_seed(0, 3, "k") == question_seed(0, 3, "k") != question_seed(1, 3, "k")
+
+
+def test_missing_curated_txt_exits_2_with_one_line(llava, tmp_path):
+    r = run_cli("tune-vllm", str(REPO / "shards"), "--vllm", llava, "--out", tmp_path / "run", "--max-steps", "1")
+    assert r.exit_code == 2
+    assert "curated.txt" in r.stderr and "lego curate" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _greedy_hits(folder, curated) -> int:
+    """Samples whose greedy answer (to the inference question) starts with its curated answer's
+    first three words."""
+    import io
+
+    from PIL import Image
+
+    from lego_core.data.shards import iter_samples
+    from lego_core.vllm.describe import describe_and_embed
+    from lego_core.vllm.load import load_vllm
+
+    model, processor = load_vllm(folder, device="cpu")
+    samples = list(iter_samples([str(curated)]))
+    images = [Image.open(io.BytesIO(s["input.jpg"])) for s in samples]
+    labels = [json.loads(s["meta.json"])["label"] for s in samples]
+    outs = describe_and_embed(model, processor, images, labels, greedy=True, max_new_tokens=6)
+    return sum(o.description.split()[:3] == s["curated.txt"].decode().split()[:3] for o, s in zip(outs, samples))
+
+
+def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    run = tmp_path / "run"
+    r = run_cli("-q", "tune-vllm", str(curated), "--vllm", llava, "--out", run, "--max-steps", "25",
+                "--batch-size", "4", "--lr", "3e-3", "--zero", "3", *FAST, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.splitlines()[-1])["model"] == str(run / "model")
+    steps = [e for e in events(run) if "loss" in e]
+    assert len(steps) == 25
+    first, last = steps[0]["loss"], min(e["loss"] for e in steps[-3:])
+    assert last <= 0.5 * first, (first, last)
+    lrs = [e["lr"] for e in steps]                      # 3 % warmup (1 step), then cosine decay
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(3e-3) and lrs[-1] < 1e-4 and lrs == sorted(lrs[:2]) + lrs[2:]
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert _greedy_hits(run / "model", curated) > _greedy_hits(llava, curated)
+
+    before = LlavaForConditionalGeneration.from_pretrained(llava).state_dict()
+    after = LlavaForConditionalGeneration.from_pretrained(run / "model").state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not {k for k in changed if ".vision_tower." in k}
+    for part in (".multi_modal_projector.", ".language_model.", "lm_head."):
+        assert any(part in k for k in changed), part
+    config = json.loads((run / "tune-config.json").read_text())
+    assert config["gradient_checkpointing"] and config["resolved"]["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert config["resolved"]["answer_tokens"] == "generation"
+
+
+@pytest.mark.parametrize("zero", ["2", "3"])
+def test_torchrun_two_ranks(llava, curated, tmp_path, zero):
+    from lego_core.engine.launch import free_port
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "lego_cli.main", "-q", "tune-vllm", str(curated), "--vllm", str(llava), "--out", str(run),
+           "--max-steps", "2", "--batch-size", "1", "--zero", zero, *FAST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [str(run / "model")]      # printed once, by rank 0
+    assert (run / "model" / "model.safetensors").is_file()
+    assert [e["world_size"] for e in events(run) if e.get("event") == "start"] == [2]
+
+
+def test_kill_9_then_rerun_resumes_and_the_output_loads_in_enrich(llava, curated, tmp_path):
+    run = tmp_path / "run"
+    args = ["-q", "tune-vllm", str(curated), "--vllm", str(llava), "--out", str(run), "--max-steps", "60",
+            "--batch-size", "2", "--checkpoint-every", "2", *FAST]
+    proc = subprocess.Popen([LEGO, *args], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step-00000004" / "lego-state.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "tuning ended before it could be killed"
+
+    done = run_cli(*args)                                # the rerun, in-process
+    assert done.exit_code == 0, done.output
+    log = events(run)
+    resume = [e for e in log if e.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["step"] >= 4 and resume[0]["step"] % 2 == 0
+    final = [e for e in log if e.get("event") == "done"]
+    assert final[-1]["step"] == 60 and final[-1]["steps_run"] == 60 - resume[0]["step"]
+    after_resume = [e["step"] for e in log[log.index(resume[0]):] if "loss" in e]
+    assert after_resume == list(range(resume[0]["step"] + 1, 61))
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".partial")]
+
+    enriched = run_cli("-q", "enrich", str(curated), "--vllm", run / "model", "--out", tmp_path / "e" / "e-%06d.tar",
+                       "--greedy", "--max-new-tokens", "4", "--json")
+    assert enriched.exit_code == 0, enriched.output
+    assert json.loads(enriched.stdout.splitlines()[-1])["written"] == 4
+
+
+def test_help_lists_the_command():
+    r = run_cli("--help")
+    assert "tune-vllm" in r.output
+    h = run_cli("tune-vllm", "--help")
+    assert h.exit_code == 0 and "2e-05" in h.output and "--offload-optimizer" in h.output
