@@ -120,14 +120,15 @@ class Demo:
         import torchvision
 
         from lego_core.kit import make_tiny_llava, make_tiny_sd
-        from lego_core.kit.metrics import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
+        from lego_core.kit.metrics import make_tiny_blip, make_tiny_clip, make_tiny_egovlp, make_tiny_fid_features
 
         m = self.path("models")
         out = {"llava": str(make_tiny_llava(m / "llava-base", seed=self.cfg.seed)),
                "sd": str(make_tiny_sd(m / "sd-base", sample_size=self.cfg.resolution // 8, seed=self.cfg.seed)),
                "clip": str(make_tiny_clip(m / "metrics" / "clip")),
                "blip": str(make_tiny_blip(m / "metrics" / "blip")),
-               "fid": str(make_tiny_fid_features(m / "metrics" / "fid"))}
+               "fid": str(make_tiny_fid_features(m / "metrics" / "fid")),
+               "egovlp": str(make_tiny_egovlp(m / "metrics" / "egovlp.pth"))}
         torch.manual_seed(self.cfg.seed)
         squeeze = m / "metrics" / "squeezenet1_1.pth"
         torch.save(torchvision.models.squeezenet1_1().state_dict(), squeeze)
@@ -172,7 +173,8 @@ class Demo:
         from lego_core.metrics.runner import EvalConfig, evaluate_models
 
         cfg = EvalConfig(batch_size=8, device="cpu", lpips_weights=models["lpips"], fid_model=models["fid"],
-                         clip_model=models["clip"], blip_models=(f"b={models['blip']}",), seed=self.cfg.seed)
+                         clip_model=models["clip"], blip_models=(f"b={models['blip']}",), egovlp=models["egovlp"],
+                         egovlp_frames=4, seed=self.cfg.seed)
         out = self.path("eval")
         result = evaluate_models([enriched["test"]], {"lego": trained["model"]}, cfg, out=str(out),
                                  progress=self.cfg.progress,

@@ -13,6 +13,8 @@ the cache (it never pays twice; delete the cache file to ask again).
 
 from __future__ import annotations
 
+from lego_core.data.shards import skipped_lines
+
 import asyncio
 import json
 import logging
@@ -104,11 +106,7 @@ class CurateSummary:
                           if self.responses_without_usage else ""))
         if self.stopped:
             out.append(f"stopped early: {self.stopped}; {self.remaining} samples left, rerun the same command to continue")
-        if self.skipped:
-            out.append(f"skipped: {sum(self.skipped.values())} ("
-                       + ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) + ")")
-            if self.rejects_file:
-                out.append(f"rejects: {self.rejects_file}")
+        out.extend(skipped_lines(self.skipped, self.rejects_file))
         if self.cache_file:
             out.append(f"cache: {self.cache_file}")
         out.extend(f"shard: {s}" for s in self.shards)

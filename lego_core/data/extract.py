@@ -70,11 +70,9 @@ class ExtractSummary:
     def lines(self) -> list[str]:
         out = [f"pairs written: {self.written} in {self.seconds:.1f}s"
                + (f" (another {self.already_done} were already done)" if self.already_done else "")]
-        if self.skipped:
-            out.append(f"skipped: {sum(self.skipped.values())} ("
-                       + ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) + ")")
-            if self.rejects_file:
-                out.append(f"rejects: {self.rejects_file}")
+        from lego_core.data.shards import skipped_lines
+
+        out.extend(skipped_lines(self.skipped, self.rejects_file))
         out.extend(f"shard: {s}" for s in self.shards)
         return out
 

@@ -353,6 +353,16 @@ class ShardWriter:
 # --- reading --------------------------------------------------------------------------------
 
 
+def skipped_lines(skipped, rejects_file: str | None = None) -> list[str]:
+    """The summary lines every stage prints about what it skipped (a Counter of reasons)."""
+    if not skipped:
+        return []
+    lines = [f"skipped: {sum(skipped.values())} (" + ", ".join(f"{r}: {n}" for r, n in skipped.most_common()) + ")"]
+    if rejects_file:
+        lines.append(f"rejects: {rejects_file}")
+    return lines
+
+
 class SkipStats:
     """Counts skipped samples per reason; optionally appends each to a JSON-lines rejects file.
 

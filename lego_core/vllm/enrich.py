@@ -23,6 +23,8 @@ other inputs into the same --out is refused) and ``{stem}.rejects.jsonl`` (per t
 
 from __future__ import annotations
 
+from lego_core.data.shards import skipped_lines
+
 import hashlib
 import io
 import json
@@ -102,11 +104,7 @@ class EnrichSummary:
             out.append(f"task: part {self.task[0]} of {self.task[1]}")
         if self.hit_max_new_tokens:
             out.append(f"descriptions cut at --max-new-tokens: {self.hit_max_new_tokens}")
-        if self.skipped:
-            out.append(f"skipped: {sum(self.skipped.values())} ("
-                       + ", ".join(f"{r}: {n}" for r, n in self.skipped.most_common()) + ")")
-            if self.rejects_file:
-                out.append(f"rejects: {self.rejects_file}")
+        out.extend(skipped_lines(self.skipped, self.rejects_file))
         if self.storage:
             out.append(f"storage: {self.storage}")
         out.extend(f"shard: {s}" for s in self.shards_written)
