@@ -101,9 +101,9 @@ def test_missing_curated_txt_exits_2_with_one_line(llava, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def _greedy_hits(folder, curated) -> int:
-    """Samples whose greedy answer (to the inference question) starts with its curated answer's
-    first three words."""
+def _greedy_prefix_words(folder, curated) -> list[int]:
+    """Per training sample: how many leading words of its curated answer the greedy answer (to the
+    inference question, on its input frame) reproduces."""
     import io
 
     from PIL import Image
@@ -116,8 +116,12 @@ def _greedy_hits(folder, curated) -> int:
     samples = list(iter_samples([str(curated)]))
     images = [Image.open(io.BytesIO(s["input.jpg"])) for s in samples]
     labels = [json.loads(s["meta.json"])["label"] for s in samples]
-    outs = describe_and_embed(model, processor, images, labels, greedy=True, max_new_tokens=6)
-    return sum(o.description.split()[:3] == s["curated.txt"].decode().split()[:3] for o, s in zip(outs, samples))
+    outs = describe_and_embed(model, processor, images, labels, greedy=True, max_new_tokens=8)
+    matched = []
+    for o, s in zip(outs, samples):
+        got, want = o.description.split(), s["curated.txt"].decode().split()
+        matched.append(next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want))))
+    return matched
 
 
 def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_path):
@@ -125,7 +129,7 @@ def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_p
 
     run = tmp_path / "run"
     r = run_cli("-q", "tune-vllm", str(curated), "--vllm", llava, "--out", run, "--max-steps", "25",
-                "--batch-size", "4", "--lr", "3e-3", "--zero", "3", *FAST, "--json")
+                "--batch-size", "4", "--lr", "1e-2", "--zero", "3", *FAST, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1])["model"] == str(run / "model")
     steps = [e for e in events(run) if "loss" in e]
@@ -133,9 +137,10 @@ def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_p
     first, last = steps[0]["loss"], min(e["loss"] for e in steps[-3:])
     assert last <= 0.5 * first, (first, last)
     lrs = [e["lr"] for e in steps]                      # 3 % warmup (1 step), then cosine decay
-    assert lrs[0] == 0 and lrs[1] == pytest.approx(3e-3) and lrs[-1] < 1e-4 and lrs == sorted(lrs[:2]) + lrs[2:]
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(1e-2) and lrs[-1] < 1e-4 and lrs == sorted(lrs[:2]) + lrs[2:]
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
-    assert _greedy_hits(run / "model", curated) > _greedy_hits(llava, curated)
+    before, after = _greedy_prefix_words(llava, curated), _greedy_prefix_words(run / "model", curated)
+    assert sum(b > 0 for b in before) < sum(a >= 2 for a in after) == len(after), (before, after)
 
     before = LlavaForConditionalGeneration.from_pretrained(llava).state_dict()
     after = LlavaForConditionalGeneration.from_pretrained(run / "model").state_dict()
@@ -170,7 +175,9 @@ def test_kill_9_then_rerun_resumes_and_the_output_loads_in_enrich(llava, curated
             "--batch-size", "2", "--checkpoint-every", "2", *FAST]
     proc = subprocess.Popen([LEGO, *args], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (run / "checkpoints" / "step-00000004" / "lego-state.json").exists() and time.time() < deadline:
+    while time.time() < deadline:                        # a finished checkpoint at step >= 4 (keep 2: any)
+        if any(int(p.parent.name[5:]) >= 4 for p in (run / "checkpoints").glob("step-*/lego-state.json")):
+            break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "tuning ended before it could be killed"

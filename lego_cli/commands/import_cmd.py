@@ -17,6 +17,12 @@ def command():
       checkpoint  their diffusion .ckpt (CompVis/Lightning) -> a LEGO model folder (--model)
       vllm        their LLaVA folder (original LLaVA layout) -> a transformers LLaVA folder (--vllm)
       dataset     their frames + {ego4d,epickitchen}_{train,val}.json (+ features) -> shards
+
+    \b
+    Examples:
+      lego import checkpoint ego4d_diffusion_with_vllm_feature.ckpt --out models/lego-ego4d
+      lego import vllm llava-llama-2-13b-chat-forecasting-finetune --out models/llava-lego
+      lego import dataset LEGO_Data --split val --features vllm_features --out data/lego-val-%06d.tar
     """
 
 

@@ -80,10 +80,15 @@ def init_distributed(dist: DistEnv) -> tuple[str, str]:
     """Export the variables, pick device/backend, and start DeepSpeed's process group."""
     os.environ.update(dist.as_environ())
     device, backend = device_and_backend(dist.local_rank)
+    import contextlib
+    import sys
+
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                               rank=dist.rank, world_size=dist.world_size)
+    # DeepSpeed print()s its op builds ("... built successfully") to stdout, where results go.
+    with contextlib.redirect_stdout(sys.stderr):
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   rank=dist.rank, world_size=dist.world_size)
     return device, backend
 
 

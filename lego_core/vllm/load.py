@@ -92,11 +92,12 @@ def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: s
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise BadInput(f"LLaVA folder not found: {name}")
 
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(name)
-        model = LlavaForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)
+        config = AutoConfig.from_pretrained(name)
+        model = llava_model_class(config).from_pretrained(name, config=config, dtype=torch_dtype)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
@@ -110,6 +111,18 @@ def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: s
     model.eval()
     log.debug("loaded %s (%s, %s)", name, device, torch_dtype)
     return model, processor
+
+
+def llava_model_class(config):
+    """transformers' LlavaForConditionalGeneration, or lego's exact single-linear-projector variant for
+    folders `lego import vllm` made from LLaVA v1 models (config.json: "projector_type": "linear")."""
+    if getattr(config, "projector_type", None) == "linear":
+        from lego_core.importers.llava import LlavaLinearProjectorForConditionalGeneration
+
+        return LlavaLinearProjectorForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration
 
 
 def embedding_shape(model_or_config) -> tuple[int, int]:

@@ -1,0 +1,347 @@
+"""`lego import vllm`: an original-layout LLaVA folder (haotian-liu/LLaVA) -> a transformers one.
+
+The original layout (the authors' `llava-llama-2-13b-chat-forecasting-finetune/`): `config.json`
+of a Llama model plus `mm_vision_tower` (the CLIP tower's hub name, e.g.
+openai/clip-vit-large-patch14), `mm_hidden_size`, `mm_vision_select_layer` (-2),
+`mm_vision_select_feature` ("patch": CLS dropped), `mm_projector_type` (absent = "linear" in
+LLaVA v1); weights `model.*` (Llama), `lm_head.weight`, `model.mm_projector.*`; a Llama tokenizer
+without an image token (the original code splices the image features in at a placeholder id).
+
+What is written: a `LlavaForConditionalGeneration`-layout folder + `LlavaProcessor` (the tower's
+`CLIPImageProcessor`, the tokenizer with `<image>` added, a chat template that renders the
+conversation format the model was tuned with), loadable with `lego_core.vllm.load.load_vllm`.
+
+The projector. LLaVA v1 projects with ONE linear layer; transformers' LLaVA has a two-layer MLP
+(linear, GELU, linear), which cannot represent one linear layer exactly. So a linear projector is
+kept as it is, in `LlavaLinearProjectorForConditionalGeneration`: transformers' class with the
+projector swapped for `LinearProjector`, marked by `"projector_type": "linear"` in config.json,
+which `load_vllm` reads to pick the class. ("mlp2x_gelu" projectors are transformers' own MLP.)
+
+The added `<image>` token: its input embedding is never used (image features replace it); its
+output row in `lm_head` is zero and it is listed in `generation_config.suppress_tokens`, so the
+imported model generates exactly what the original did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from lego_core.errors import BadInput
+
+log = logging.getLogger("lego.import")
+
+IMAGE_TOKEN = "<image>"
+LLAVA_LLAMA_2_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                        "content that the user provides, and assist the user with a variety of tasks using "
+                        "natural language.")
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                   "helpful, detailed, and polite answers to the human's questions.")
+
+_TEXT = "(parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' '))"
+_PARTS = ("{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+          "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}")
+_SYSTEM = ("{%- if messages and messages[0]['role'] == 'system' -%}{%- set message = messages[0] -%}" + _PARTS +
+           "{%- set sys = " + _TEXT + " -%}{%- set msgs = messages[1:] -%}"
+           "{%- else -%}{%- set sys = default_system -%}{%- set msgs = messages -%}{%- endif -%}")
+_IMAGES = "{%- for p in parts | selectattr('type', 'equalto', 'image') -%}{{ '<image>\\n' }}{%- endfor -%}"
+
+# conv_llava_llama_2 (SeparatorStyle.LLAMA_2), what the authors tuned and ran their VLLM with:
+#   "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n<image>\n{question} [/INST]" + " {answer} </s>" + "<s>[INST] ..."
+LLAVA_LLAMA_2_TEMPLATE = (
+    "{%- set default_system = '" + LLAVA_LLAMA_2_SYSTEM + "' -%}" + _SYSTEM +
+    "{%- for message in msgs -%}" + _PARTS +
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.first -%}{{ '[INST] <<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}{%- else -%}{{ bos_token + '[INST] ' }}{%- endif -%}"
+    + _IMAGES + "{{ " + _TEXT + " + ' [/INST]' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ ' ' }}{% generation %}{{ " + _TEXT + " + ' ' + eos_token }}{% endgeneration %}"
+    "{%- endif -%}{%- endfor -%}"
+)
+# conv_vicuna_v1 / llava_v1 (SeparatorStyle.TWO): "{system} USER: <image>\n{q} ASSISTANT: {a}</s>USER: ..."
+LLAVA_V1_TEMPLATE = (
+    "{%- set default_system = \"" + LLAVA_V1_SYSTEM + "\" -%}" + _SYSTEM + "{{ sys + ' ' }}"
+    "{%- for message in msgs -%}" + _PARTS +
+    "{%- if message['role'] == 'user' -%}{{ 'USER: ' }}" + _IMAGES + "{{ " + _TEXT + " + ' ' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' }}{% generation %}{{ " + _TEXT +
+    " + eos_token }}{% endgeneration %}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+CONVERSATIONS = {"llava_llama_2": LLAVA_LLAMA_2_TEMPLATE, "llava_v1": LLAVA_V1_TEMPLATE}
+
+_LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
+               "rope_theta", "rope_scaling", "attention_bias", "bos_token_id", "eos_token_id", "pad_token_id",
+               "pretraining_tp", "mlp_bias", "head_dim")
+
+
+class LinearProjector(nn.Module):
+    """LLaVA v1's projector: one linear layer from the vision width to the LLM width."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size,
+                                bias=getattr(config, "multimodal_projector_bias", True))
+
+    def forward(self, image_features):
+        return self.linear(image_features)
+
+
+class LlavaLinearProjectorForConditionalGeneration(LlavaForConditionalGeneration):
+    """transformers' LLaVA with LLaVA v1's single-linear projector (`"projector_type": "linear"`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model.multi_modal_projector = LinearProjector(config)
+        self.post_init()
+
+
+def model_class_for(config) -> type:
+    """The class that loads a LLaVA config exactly: ours for `projector_type == "linear"`."""
+    if getattr(config, "projector_type", None) == "linear":
+        return LlavaLinearProjectorForConditionalGeneration
+    return LlavaForConditionalGeneration
+
+
+@dataclass
+class LlavaImport:
+    source: str
+    out: str
+    projector: str                 # "linear" (our variant) or "mlp2x_gelu" (transformers' own)
+    vision_tower: str
+    vision_feature_layer: int
+    vision_feature_select_strategy: str
+    conversation: str
+    image_token_id: int
+    vocab_added: int
+    dtype: str
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [self.out, f"  from {self.source}",
+                f"  projector: {self.projector}" + (" (lego's exact single-linear variant; load it with lego "
+                                                    "or LlavaLinearProjectorForConditionalGeneration)"
+                                                    if self.projector == "linear" else ""),
+                f"  vision tower: {self.vision_tower} (layer {self.vision_feature_layer}, "
+                f"{'patch features' if self.vision_feature_select_strategy == 'default' else 'CLS + patches'})",
+                f"  chat format: {self.conversation}"] + [f"  note: {n}" for n in self.notes]
+
+
+def _read_weights(folder: Path, trust_pickle: bool) -> dict:
+    from lego_core.importers.checkpoint import read_state_dict
+
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise BadInput(f"{folder}: no weights (*.safetensors or pytorch_model*.bin)")
+    state: dict = {}
+    for f in files:
+        part, _ = read_state_dict(f, trust_pickle=trust_pickle)
+        state.update(part)
+    return state
+
+
+def _tower(name: str, override) -> Path | str:
+    if override is not None:
+        return Path(override)
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    return name
+
+
+def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_tower: str | os.PathLike | None = None,
+                 trust_pickle: bool = False, dtype: str = "float16", conversation: str | None = None,
+                 overwrite: bool = False) -> LlavaImport:
+    """Convert an original-layout LLaVA folder into a transformers LLaVA folder at `out`."""
+    from accelerate import init_empty_weights
+    from transformers import (
+        AddedToken,
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionModel,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaProcessor,
+    )
+
+    from lego_core.diffusion.build import quiet_loading
+
+    src = Path(folder)
+    if not (src / "config.json").is_file():
+        raise BadInput(f"{src}: no config.json; expected an original LLaVA folder (haotian-liu/LLaVA layout)")
+    try:
+        cfg = json.loads((src / "config.json").read_text())
+    except ValueError as e:
+        raise BadInput(f"{src}/config.json: not valid JSON ({e})") from None
+    if "text_config" in cfg and cfg.get("model_type") == "llava":
+        raise BadInput(f"{src} is already a transformers LLaVA folder: use it directly with --vllm")
+    tower_name = cfg.get("mm_vision_tower") or cfg.get("vision_tower")
+    if not tower_name:
+        raise BadInput(f"{src}/config.json names no mm_vision_tower: not an original-layout LLaVA folder")
+    if cfg.get("mm_use_im_start_end"):
+        raise BadInput(f"{src}: mm_use_im_start_end=true (image start/end tokens) is not supported")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise BadInput(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
+    torch_dtype = getattr(torch, dtype)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise BadInput(f"--out {out} already exists (use --overwrite to replace it)")
+    projector = cfg.get("mm_projector_type") or "linear"
+    if projector not in ("linear", "mlp2x_gelu"):
+        raise BadInput(f"{src}: mm_projector_type {projector!r} is not supported (linear or mlp2x_gelu)")
+    select_feature = cfg.get("mm_vision_select_feature", "patch")
+    if select_feature not in ("patch", "cls_patch"):
+        raise BadInput(f"{src}: mm_vision_select_feature {select_feature!r} is not supported (patch or cls_patch)")
+    strategy = "default" if select_feature == "patch" else "full"
+    layer = int(cfg.get("mm_vision_select_layer", -2))
+    if conversation is None:
+        named = (str(cfg.get("_name_or_path", "")) + " " + src.resolve().name).lower()
+        conversation = "llava_llama_2" if "llama-2" in named or "llama_2" in named else "llava_v1"
+    if conversation not in CONVERSATIONS:
+        raise BadInput(f"conversation must be one of {', '.join(CONVERSATIONS)}, not {conversation!r}")
+    notes: list[str] = []
+    if cfg.get("image_aspect_ratio") == "pad":
+        notes.append("the model was tuned with image_aspect_ratio=pad: run enrich with --aspect pad")
+    quiet_loading()
+
+    state = _read_weights(src, trust_pickle)
+    for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
+        if k not in state:
+            raise BadInput(f"{src}: weight {k} missing: not an original-layout LLaVA (Llama) checkpoint")
+    proj_keys = (["model.mm_projector.weight", "model.mm_projector.bias"] if projector == "linear" else
+                 ["model.mm_projector.0.weight", "model.mm_projector.0.bias", "model.mm_projector.2.weight",
+                  "model.mm_projector.2.bias"])
+    for k in proj_keys:
+        if k not in state:
+            raise BadInput(f"{src}: projector weight {k} missing (mm_projector_type {projector})")
+
+    tower_ref = _tower(tower_name, vision_tower)
+    try:
+        tower = CLIPVisionModel.from_pretrained(str(tower_ref), local_files_only=True)
+        image_processor = CLIPImageProcessor.from_pretrained(str(tower_ref), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"the CLIP vision tower {tower_ref} is neither a local folder nor in the Hugging Face "
+                       f"cache ({str(e).splitlines()[0][:120]}); pass --vision-tower DIR") from None
+    tower_state = {k[len("model.vision_tower.vision_tower."):]: v for k, v in state.items()
+                   if k.startswith("model.vision_tower.vision_tower.")}
+    if tower_state:   # the tower saved inside the LLaVA checkpoint wins over the named one
+        tower_state = {k[len("vision_model."):] if k.startswith("vision_model.") else k: v
+                       for k, v in tower_state.items()}
+        own = tower.state_dict()
+        tower.load_state_dict({k: tower_state.get(k, v) for k, v in own.items()})
+        notes.append("vision tower weights taken from the LLaVA checkpoint")
+    vc = tower.config
+    if int(cfg.get("mm_hidden_size", vc.hidden_size)) != vc.hidden_size:
+        raise BadInput(f"{src}: mm_hidden_size {cfg.get('mm_hidden_size')} but the vision tower {tower_ref} "
+                       f"has width {vc.hidden_size}")
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{src}: cannot load its tokenizer ({str(e).splitlines()[0][:120]})") from None
+    old_vocab = int(state["model.embed_tokens.weight"].shape[0])
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    tokenizer.image_token = IMAGE_TOKEN
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    vocab = max(len(tokenizer), old_vocab)
+
+    llama = {k: cfg[k] for k in _LLAMA_KEYS if k in cfg}
+    llama.update(vocab_size=vocab, tie_word_embeddings=False)
+    llama.setdefault("pad_token_id", tokenizer.pad_token_id)
+    text_config = LlamaConfig(**llama)
+    n_patches = (vc.image_size // vc.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vc.to_dict(), text_config=text_config.to_dict(), image_token_index=image_id,
+        vision_feature_layer=layer, vision_feature_select_strategy=strategy,
+        image_seq_length=n_patches + (strategy == "full"), projector_hidden_act="gelu",
+        tie_word_embeddings=False, **({"projector_type": "linear"} if projector == "linear" else {}),
+    )
+    cls = model_class_for(config)
+    with init_empty_weights():
+        model = cls(config)
+
+    new: dict = {}
+    for k, v in state.items():
+        if k.startswith(("model.mm_projector.", "model.vision_tower.")) or k.endswith("rotary_emb.inv_freq"):
+            continue
+        if k == "lm_head.weight":
+            new[k] = v
+        elif k.startswith("model."):
+            new["model.language_model." + k[len("model."):]] = v
+    if projector == "linear":
+        new["model.multi_modal_projector.linear.weight"] = state["model.mm_projector.weight"]
+        new["model.multi_modal_projector.linear.bias"] = state["model.mm_projector.bias"]
+    else:
+        for i, name in ((0, "linear_1"), (2, "linear_2")):
+            for p in ("weight", "bias"):
+                new[f"model.multi_modal_projector.{name}.{p}"] = state[f"model.mm_projector.{i}.{p}"]
+    for k, v in tower.state_dict().items():
+        new["model.vision_tower." + k] = v
+    added = vocab - old_vocab
+    if added:
+        emb = new["model.language_model.embed_tokens.weight"]
+        head = new["lm_head.weight"]
+        new["model.language_model.embed_tokens.weight"] = torch.cat([emb, emb.float().mean(0, keepdim=True)
+                                                                     .to(emb.dtype).expand(added, -1)])
+        new["lm_head.weight"] = torch.cat([head, head.new_zeros(added, head.shape[1])])
+    own = model.state_dict()
+    missing = [k for k in own if k not in new]
+    unexpected = [k for k in new if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise BadInput(f"{src}: the weights do not fit the config ({len(missing)} missing, {len(unexpected)} "
+                       f"unexpected: {what})")
+    for k, v in new.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise BadInput(f"{src}: {k} has shape {list(v.shape)}, the config implies {list(own[k].shape)}")
+    model.load_state_dict({k: v.to(torch_dtype) for k, v in new.items()}, strict=True, assign=True)
+    model.eval()
+
+    gen_kwargs = {}
+    if (src / "generation_config.json").is_file():
+        gen_kwargs = GenerationConfig.from_pretrained(str(src)).to_diff_dict()
+    gen = GenerationConfig(**{k: v for k, v in gen_kwargs.items() if not k.startswith("transformers_version")})
+    gen.bos_token_id = tokenizer.bos_token_id
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    if added:
+        gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(range(old_vocab, vocab)))
+    model.generation_config = gen
+
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=vc.patch_size,
+        vision_feature_select_strategy=strategy, num_additional_image_tokens=1,
+        chat_template=CONVERSATIONS[conversation], image_token=IMAGE_TOKEN,
+    )
+    summary = LlavaImport(
+        source=str(src.resolve()), out=str(out), projector=projector, vision_tower=str(tower_ref),
+        vision_feature_layer=layer, vision_feature_select_strategy=strategy, conversation=conversation,
+        image_token_id=int(image_id), vocab_added=int(added), dtype=dtype, notes=notes,
+    )
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        (tmp / "import.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return summary
