@@ -138,10 +138,15 @@ class Demo:
     def tune(self, curated: dict, models: dict) -> dict:
         from lego_core.vllm.tune import TuneConfig, tune
 
-        out = self.path("models", "llava-tuned")
-        tune(TuneConfig(shards=[curated["train"]], vllm=models["llava"], out=str(out), epochs=self.cfg.tune_epochs,
-                        seed=self.cfg.seed, progress=self.cfg.progress, **_tiny_tune_options()))
-        return {"vllm": str(out / "model") if (out / "model").is_dir() else str(out)}
+        from lego_core.engine.config import EngineOptions
+
+        run = self.path("runs", "llava")
+        model = tune(TuneConfig(shards=[curated["train"]], vllm=models["llava"], out=str(run),
+                                epochs=self.cfg.tune_epochs, learning_rate=5e-4, workers=0,
+                                gradient_checkpointing=False, checkpoint_every=10 ** 6, seed=self.cfg.seed,
+                                progress=self.cfg.progress,
+                                engine=EngineOptions(micro_batch=4, grad_accum=1, zero_stage=2, precision="fp32")))
+        return {"vllm": str(model), "run": str(run)}
 
     def enrich(self, curated: dict, tuned: dict) -> dict:
         from lego_core.vllm.enrich import EnrichConfig, enrich
@@ -202,11 +207,6 @@ class Demo:
         evaluated = self.stage("evaluate", lambda: self.evaluate(enriched, trained, models))
         return {"out": str(self.root), "artefacts": self.artefacts, "table": evaluated["table"],
                 "report": evaluated["report"], "seconds": self.timings}
-
-
-def _tiny_tune_options() -> dict:
-    """Tiny-model settings for the tuner (small batch, few steps, fp32, no ZeRO-3 partitioning)."""
-    return {}
 
 
 def run_demo(cfg: DemoConfig) -> dict:

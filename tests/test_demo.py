@@ -36,9 +36,8 @@ def test_demo_runs_every_stage_and_a_rerun_skips_them(tmp_path):
     assert len(train) + len(test) == 22 and test and not set(train) & set(test)
     assert "curated.txt" in members(shards / "curated" / "train-000000.tar")
     assert {"enriched.txt", "vllm_img.npy", "vllm_txt.npy", "curated.txt"} <= members(shards / "enriched" / "test-000000.tar")
-    assert (out / "models" / "llava-tuned").exists()
-    llava_dirs = [p for p in (out / "models" / "llava-tuned").rglob("config.json")]
-    assert llava_dirs, "no tuned LLaVA folder"
+    tuned = Path(result["artefacts"]["tune-vllm: vllm"])
+    assert (tuned / "config.json").is_file() and (tuned / "model.safetensors").is_file()
     assert (out / "runs" / "lego" / "model" / "model_index.json").is_file()
     assert (out / "runs" / "lego" / "model" / "conditioner" / "config.json").is_file()
     generated = sorted((out / "eval" / "generated").glob("*.png"))

@@ -192,12 +192,15 @@ def test_kill_9_then_rerun_resumes_at_the_last_checkpoint(base, enriched, tmp_pa
     run = tmp_path / "run"
     args = [LEGO, "-q", "train", str(enriched), "--base", str(base), "--out", str(run), "--max-steps", "40",
             *FAST, "--checkpoint-every", "2", "--conditioning", "description"]
-    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(args, env=env(), stdout=log, stderr=log)
     deadline = time.time() + 240
     while not (run / "checkpoints" / "step-00000004" / "lego-state.json").exists() and time.time() < deadline:
+        if proc.poll() is not None:
+            break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    assert proc.wait() == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
     done = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]

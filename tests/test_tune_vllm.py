@@ -45,7 +45,11 @@ def curated(tmp_path_factory) -> Path:
 
 
 def env(**extra):
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
+    """A child's environment, without the RANK/MASTER_* an in-process run exported here (a child
+    would take them for a launcher's and reuse this process's port)."""
+    launch = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    base = {k: v for k, v in os.environ.items() if k not in launch}
+    return {**base, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
 
 
 def events(run: Path) -> list[dict]:
@@ -173,7 +177,7 @@ def test_kill_9_then_rerun_resumes_and_the_output_loads_in_enrich(llava, curated
     run = tmp_path / "run"
     args = ["-q", "tune-vllm", str(curated), "--vllm", str(llava), "--out", str(run), "--max-steps", "60",
             "--batch-size", "2", "--checkpoint-every", "2", *FAST]
-    proc = subprocess.Popen([LEGO, *args], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([LEGO, *args], env=env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.err", "w"))
     deadline = time.time() + 120
     while time.time() < deadline:                        # a finished checkpoint at step >= 4 (keep 2: any)
         if any(int(p.parent.name[5:]) >= 4 for p in (run / "checkpoints").glob("step-*/lego-state.json")):
@@ -192,6 +196,8 @@ def test_kill_9_then_rerun_resumes_and_the_output_loads_in_enrich(llava, curated
     after_resume = [e["step"] for e in log[log.index(resume[0]):] if "loss" in e]
     assert after_resume == list(range(resume[0]["step"] + 1, 61))
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".partial")]
+    again = run_cli(*args)                               # finished: nothing is redone
+    assert again.exit_code == 0 and events(run)[-1] == {**events(run)[-1], "event": "done", "steps_run": 0}
 
     enriched = run_cli("-q", "enrich", str(curated), "--vllm", run / "model", "--out", tmp_path / "e" / "e-%06d.tar",
                        "--greedy", "--max-new-tokens", "4", "--json")

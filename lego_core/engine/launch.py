@@ -76,9 +76,14 @@ def device_and_backend(local_rank: int) -> tuple[str, str]:
     return "cpu", "gloo"
 
 
+_EXPORTED: dict[str, str | None] = {}     # what init_distributed overwrote in os.environ
+
+
 def init_distributed(dist: DistEnv) -> tuple[str, str]:
     """Export the variables, pick device/backend, and start DeepSpeed's process group."""
-    os.environ.update(dist.as_environ())
+    for key, value in dist.as_environ().items():
+        _EXPORTED.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
     device, backend = device_and_backend(dist.local_rank)
     import contextlib
     import sys
@@ -97,12 +102,27 @@ def shutdown() -> None:
     at interpreter shutdown (see ENVIRONMENT.md)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
-            _forget_deepspeed_groups()
+    try:
+        if dist.is_available() and dist.is_initialized():
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
+                _forget_deepspeed_groups()
+    finally:
+        _restore_environ()
+
+
+def _restore_environ() -> None:
+    """Undo init_distributed's exports: a later run in this process, or a child process, must not
+    take a finished single-process run's RANK/MASTER_PORT for a launcher's (the port may still be
+    bound here, and the child would fail with EADDRINUSE)."""
+    for key, old in _EXPORTED.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+    _EXPORTED.clear()
 
 
 def _forget_deepspeed_groups() -> None:

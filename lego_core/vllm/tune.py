@@ -467,6 +467,10 @@ def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, de
             if examples:
                 return epoch, in_epoch, collate_examples(examples, pad_id)
 
+    if start >= total and (run / "model" / "config.json").is_file():
+        logger.event("done", step=start, steps_run=0, model=str(run / "model"))   # finished before
+        logger.close()
+        return run / "model" if rank == 0 else None
     step, t0, tokens = start, time.perf_counter(), 0
     engine.train()
     while step < total:
