@@ -60,7 +60,8 @@ class Demo:
             tmp = marker.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1, default=str))
             tmp.replace(marker)
-        self.artefacts.update({f"{name}: {k}": str(v) for k, v in result.items() if isinstance(v, (str, Path))})
+        self.artefacts.update({f"{name}: {k}": str(v) for k, v in result.items()
+                               if isinstance(v, (str, Path)) and k != "table"})
         return result
 
     # -- stages ----------------------------------------------------------------------------------

@@ -45,11 +45,7 @@ def curated(tmp_path_factory) -> Path:
 
 
 def env(**extra):
-    """A child's environment, without the RANK/MASTER_* an in-process run exported here (a child
-    would take them for a launcher's and reuse this process's port)."""
-    launch = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    base = {k: v for k, v in os.environ.items() if k not in launch}
-    return {**base, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **extra}
 
 
 def events(run: Path) -> list[dict]:
@@ -71,6 +67,13 @@ def test_labels_cover_only_the_answer_and_truncation_keeps_the_prompt(llava):
     labelled = ex["labels"][ex["labels"] != IGNORE]
     assert tok.decode(labelled) == answer + tok.eos_token
     assert (ex["input_ids"] == processor.image_token_id).sum() == 16 and ex["pixel_values"].shape == (3, 32, 32)
+
+    from lego_core.kit import LLAVA_CHAT_TEMPLATE
+
+    processor.chat_template = LLAVA_CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    assert answer_mask_kind(processor) == "prefix"       # untagged template: what follows the prompt
+    pre = encode_example(processor, image, "How do I cut onion here?", answer)
+    assert torch.equal(pre["labels"], ex["labels"]) and torch.equal(pre["input_ids"], ex["input_ids"])
 
     processor.chat_template = None                       # no template: LLaVA-1.5's format, same answer tokens
     tok.chat_template = None
@@ -103,6 +106,18 @@ def test_missing_curated_txt_exits_2_with_one_line(llava, tmp_path):
     assert r.exit_code == 2
     assert "curated.txt" in r.stderr and "lego curate" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cpu_offload_of_optimizer_and_parameters(llava, curated, tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("-q", "tune-vllm", str(curated), "--vllm", llava, "--out", run, "--max-steps", "1", "--batch-size", "2",
+                "--offload-optimizer", "--offload-params", *FAST)
+    assert r.exit_code == 0, r.output
+    zero = json.loads((run / "tune-config.json").read_text())["resolved"]["deepspeed"]["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert (run / "model" / "model.safetensors").is_file()
+    bad = run_cli("tune-vllm", str(curated), "--vllm", llava, "--out", run, "--zero", "2", "--offload-params")
+    assert bad.exit_code == 2 and "--zero 3" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def _greedy_prefix_words(folder, curated) -> list[int]:

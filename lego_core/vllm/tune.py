@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,18 +87,20 @@ def _messages(question: str, answer: str | None, image=None) -> list[dict]:
     return msgs
 
 
-def _template(processor) -> str | None:
-    return getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def answer_mask_kind(processor) -> str:
-    """How the answer tokens are found: "generation" (the chat template marks them with
-    `{% generation %}`), "prefix" (every token after the prompt), "fallback" (no chat template:
-    LLaVA-1.5's format, the answer and the end token after the prompt)."""
-    template = _template(processor)
-    if not template:
+    """How the answer tokens are found: "generation" (the processor's chat template marks them
+    with `{% generation %}`: `return_assistant_tokens_mask`), "prefix" (a chat template without
+    the tag: every token after the rendered prompt), "fallback" (no chat template: LLaVA-1.5's
+    format, the answer and the end token after the prompt)."""
+    from lego_core.vllm.prompting import has_chat_template
+
+    if not has_chat_template(processor):
         return "fallback"
-    return "generation" if "{% generation %}" in template.replace("{%- generation", "{% generation") else "prefix"
+    template = getattr(processor, "chat_template", None)
+    return "generation" if template and _GENERATION_TAG.search(template) else "prefix"
 
 
 def encode_example(processor, image, question: str, answer: str, *, max_length: int = 2048) -> dict:
@@ -110,28 +113,25 @@ def encode_example(processor, image, question: str, answer: str, *, max_length: 
     from lego_core.vllm.prompting import build_prompt
 
     kind = answer_mask_kind(processor)
-    prompt = build_prompt(processor, question)
-    if kind == "fallback":
-        full = f"{prompt} {answer}{processor.tokenizer.eos_token or ''}"
-    elif getattr(processor, "chat_template", None):
-        full = processor.apply_chat_template(_messages(question, answer))
-    else:
-        full = processor.tokenizer.apply_chat_template(_messages(question, answer), tokenize=False)
-    enc = processor(images=[image], text=[full], return_tensors="pt")
-    ids = enc["input_ids"][0]
     if kind == "generation":
-        out = processor.apply_chat_template(_messages(question, answer, image), tokenize=True, return_dict=True,
+        enc = processor.apply_chat_template(_messages(question, answer, image), tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True, return_tensors="pt")
-        if not torch.equal(out["input_ids"][0], ids):
-            raise LegoError("the chat template tokenises differently with return_assistant_tokens_mask; "
-                            "cannot find the answer tokens")
-        keep = out["assistant_masks"][0].bool()
+        ids = enc["input_ids"][0]
+        keep = enc["assistant_masks"][0].bool()
         n_prompt = int(keep.nonzero()[0]) if keep.any() else len(ids)
     else:
+        prompt = build_prompt(processor, question)
+        if kind == "fallback":
+            full = f"{prompt} {answer}{processor.tokenizer.eos_token or ''}"
+        elif getattr(processor, "chat_template", None):
+            full = processor.apply_chat_template(_messages(question, answer))
+        else:
+            full = processor.tokenizer.apply_chat_template(_messages(question, answer), tokenize=False)
+        enc = processor(images=[image], text=[full], return_tensors="pt")
+        ids = enc["input_ids"][0]
         prompt_ids = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"][0]
         n = min(len(prompt_ids), len(ids))
-        same = (prompt_ids[:n] == ids[:n]).long()
-        n_prompt = int(same.cumprod(0).sum())          # longest common prefix: the prompt
+        n_prompt = int((prompt_ids[:n] == ids[:n]).long().cumprod(0).sum())   # longest common prefix
         keep = torch.zeros(len(ids), dtype=torch.bool)
         keep[n_prompt:] = True
     if n_prompt >= max_length:
@@ -343,6 +343,9 @@ def check_config(cfg: TuneConfig) -> None:
         raise BadInput(f"--checkpoint-every must be >= 1, not {cfg.checkpoint_every}")
     if cfg.engine.micro_batch < 1 or cfg.engine.grad_accum < 1:
         raise BadInput("--batch-size and --grad-accum must be >= 1")
+    from lego_core.engine.config import deepspeed_config
+
+    deepspeed_config(cfg.engine, 1)               # ZeRO / offload / --deepspeed file problems: now, in one line
 
 
 # ---------------------------------------------------------------------------------------------
