@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lego_core.engine.config import EngineOptions
-from lego_core.errors import BadInput, LegoError
+from lego_core.errors import BadInput
 
 log = logging.getLogger("lego.train")
 
@@ -160,23 +160,6 @@ class DiffusionStep:
         return nn.functional.mse_loss(pred.float(), target.float())
 
 
-def _batches(dataset, loader_factory, start_epoch: int, skip_batches: int):
-    """Endless (epoch, batches done in epoch, batch); each rank loops over its own shards, so
-    uneven shards never leave a rank waiting at an epoch's end."""
-    epoch = start_epoch
-    while True:
-        dataset.set_epoch(epoch)
-        seen = 0
-        for i, batch in enumerate(loader_factory()):
-            if epoch == start_epoch and i < skip_batches:
-                continue                                   # exact data position on resume
-            seen += 1
-            yield epoch, i + 1, batch
-        if seen == 0 and not (epoch == start_epoch and skip_batches):
-            raise LegoError("this rank got no training samples (all invalid?); see the warnings above")
-        epoch += 1
-
-
 def train(cfg: TrainConfig) -> Path | None:
     """Run (or resume) training; returns the exported model folder (on rank 0; None elsewhere)."""
     import warnings
@@ -209,6 +192,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
     from lego_core.engine import checkpoint as ckpt
     from lego_core.engine.config import deepspeed_config, precision_dtype
     from lego_core.engine.logger import RunLogger
+    from lego_core.engine.stream import batch_stream
 
     ckpt_dir = run / "checkpoints"
     if rank == 0:
@@ -279,7 +263,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
                                            multiprocessing_context="spawn" if cfg.workers else None)
 
     step_fn = DiffusionStep(pipe, engine, dtype, device, cfg)
-    batches = _batches(dataset, loader, int(state["epoch"]), int(state["batches_in_epoch"]))
+    batches = batch_stream(dataset, loader, int(state["epoch"]), int(state["batches_in_epoch"]))
     step, t0, samples = start, time.perf_counter(), 0
     keys_out = open(run / f"keys-rank{rank}.txt", "a", encoding="utf-8") if cfg.record_keys else None
     engine.train()

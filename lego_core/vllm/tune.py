@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lego_core.engine.config import EngineOptions
-from lego_core.errors import BadInput, LegoError
+from lego_core.errors import BadInput
 
 log = logging.getLogger("lego.tune")
 
