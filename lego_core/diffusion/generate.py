@@ -81,6 +81,7 @@ class GenerateOptions:
     max_new_tokens: int = 1024
     greedy: bool = False
     progress: bool = True
+    batch_size: int = 8               # images per pipeline call when generating many (lego evaluate --model)
 
 
 def pick_device(device: str) -> str:

@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
+from lego_core.diffusion.generate import GenerateOptions
 from lego_core.errors import LegoError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerateOptions:
-    steps: int = 100
-    guidance: float = 7.5
-    image_guidance: float = 1.5
-    size: int = 256
-    seed: int = 0
-    batch_size: int = 8
-    device: str = "auto"
 
 
 def prompt_of(sample: dict) -> str:
