@@ -80,6 +80,7 @@ def lpips_distance(model, x, n: int):
 class LPIPS(Metric):
     name = "lpips"
     columns = ("lpips",)
+    cpu_chunk = 8
     higher_is_better = {"lpips": False}
 
     def __init__(self, net: str = "squeeze", weights: str | None = None, authors_range: bool = False,
@@ -93,12 +94,17 @@ class LPIPS(Metric):
         out = [0.0] * len(batch)
         with torch.inference_mode():
             for idx, gen, ref in batch.size_groups():
-                x = torch.cat([gen, ref]).to(self.device, torch.float32) / 255.0
-                if not self.authors_range:
-                    x = x * 2 - 1
-                x = x.contiguous(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
-                for i, v in zip(idx, lpips_distance(self.model, x, len(idx)).tolist()):
-                    out[i] = v
+                # Pairs in chunks: on CPU, SqueezeNet's activations for 8 pairs stay in cache
+                # (measured 1.7x faster than 32 at 256 px); a GPU takes the whole group at once.
+                step = len(idx) if str(self.device).startswith("cuda") else self.cpu_chunk
+                for start in range(0, len(idx), step):
+                    part = slice(start, start + step)
+                    x = torch.cat([gen[part], ref[part]]).to(self.device, torch.float32) / 255.0
+                    if not self.authors_range:
+                        x = x * 2 - 1
+                    x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
+                    for i, v in zip(idx[part], lpips_distance(self.model, x, len(idx[part])).tolist()):
+                        out[i] = v
         return {"lpips": out}
 
     def settings(self) -> dict:
