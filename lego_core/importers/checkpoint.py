@@ -159,15 +159,9 @@ def _first_line(e: BaseException) -> str:
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2/CLIP's byte -> printable character table, as characters in CLIP's vocabulary order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in cs]
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
 
 
 def clip_vocab_from_bpe(path: str | os.PathLike) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -241,15 +241,9 @@ def _clip_vocab_merges(vocab_size: int) -> tuple[dict[str, int], tuple[tuple[str
 
 def _bytes_to_unicode_order() -> list[int]:
     """Code points of GPT-2/CLIP's byte→unicode table, in CLIP's vocab order (bytes 0..255 mapped)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return cs
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return [ord(c) for c in bytes_to_unicode().values()]
 
 
 def make_clip_tokenizer(folder: str | Path | None = None, *, vocab_size: int = 1000):
