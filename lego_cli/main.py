@@ -88,6 +88,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     \b
     The pipeline, one command per stage (each reads and writes WebDataset shards):
       lego extract -> curate -> tune-vllm -> enrich -> train -> generate -> evaluate
+    New here? `lego demo` runs all of them on a bundled sample with tiny models.
     Run `lego COMMAND --help` for a command's options and an example.
     """
     ctx.ensure_object(dict)
