@@ -14,17 +14,12 @@ from pathlib import Path
 
 import torch
 
+from lego_core.device import looks_local
 from lego_core.errors import BadInput
 
 log = logging.getLogger("lego.diffusion")
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-def looks_local(name: str | Path) -> bool:
-    """A path on disk rather than a hub id ("org/name")."""
-    text = str(name)
-    return Path(text).exists() or Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
 
 
 def check_model_folder(folder: str | Path, *, parts=PARTS) -> Path:

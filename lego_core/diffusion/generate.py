@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lego_core.device import pick_device
 from lego_core.errors import BadInput
 
 MODEL_ENV = "LEGO_MODEL"
@@ -82,14 +83,6 @@ class GenerateOptions:
     greedy: bool = False
     progress: bool = True
     batch_size: int = 8               # images per pipeline call when generating many (lego evaluate --model)
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class ActionFrameGenerator:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from lego_core.device import looks_local
 from lego_core.errors import BadInput
 
 
@@ -93,18 +94,6 @@ class Metric:
 
     def settings(self) -> dict:
         return {}
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def looks_local(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") != 1
 
 
 def load_pretrained(cls, name: str, what: str, option: str, **kwargs):

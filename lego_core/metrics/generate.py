@@ -71,7 +71,7 @@ def _load_pipeline(model: str, vllm: str | None, opts: GenerateOptions):
     import torch
 
     from lego_core.diffusion.build import load_pipeline
-    from lego_core.diffusion.generate import pick_device
+    from lego_core.device import pick_device
 
     device = pick_device(opts.device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32

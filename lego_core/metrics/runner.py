@@ -391,7 +391,7 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
              out: str | None = None, progress: bool = False) -> EvalResult:
     """Evaluate one or several generated sets (name → folder or shards) against `reference`
     (folder or shards). Writes metrics.json / samples.csv / report.html under `out` when given."""
-    from .common import resolve_device
+    from lego_core.device import pick_device
 
     cfg = cfg or EvalConfig()
     gens = _named(generated)
@@ -402,7 +402,7 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
         all_keys = sorted({k for mt in matches.values() for k in mt.keys})
         cfg = _check_descriptions(cfg, ref, all_keys)
         cfg = _check_egovlp(cfg, ref, all_keys)
-        device = resolve_device(cfg.device)
+        device = pick_device(cfg.device)
         metrics = build_metrics(cfg, device)
         sets = []
         try:

@@ -8,22 +8,12 @@ import logging
 import os
 from pathlib import Path
 
+from lego_core.device import pick_device  # noqa: F401 - re-exported, callers use load.pick_device
 from lego_core.errors import BadInput, LegoError
 
 log = logging.getLogger("lego.vllm")
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
-
-
-def pick_device(device: str = "auto") -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is passed through."""
-    import torch
-
-    if device in ("auto", "", None):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {device}: no CUDA GPU is visible here (use --device cpu)")
-    return device
 
 
 def pick_dtype(dtype: str, device: str):

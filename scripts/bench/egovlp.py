@@ -95,12 +95,13 @@ def main() -> None:
     import torch
 
     from lego_core.kit.metrics import make_tiny_egovlp
-    from lego_core.metrics.common import Shared, resolve_device
+    from lego_core.device import pick_device
+    from lego_core.metrics.common import Shared
     from lego_core.metrics.egovlp_score import EgoVLPPlusScore, EgoVLPScore, shared_egovlp
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     arch = (dict(frames=16, img_size=224, patch_size=16, dim=768, depth=12, text_dim=768, text_layers=1,
                  projection_dim=256) if args.arch == "full" else dict(frames=max(4, args.frames)))
     samples = make_images(args.n, args.size)
