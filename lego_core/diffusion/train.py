@@ -196,14 +196,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
 
     ckpt_dir = run / "checkpoints"
     if rank == 0:
-        if cfg.overwrite and run.exists():
-            import shutil
-
-            for sub in ("checkpoints", "model", "log.jsonl", "tensorboard", "samples"):
-                p = run / sub
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        run.mkdir(parents=True, exist_ok=True)
-        ckpt.sweep_partial(ckpt_dir)
+        ckpt.prepare_run(run, overwrite=cfg.overwrite, outputs=("checkpoints", "model", "log.jsonl", "tensorboard", "samples"))
     dist.barrier()
 
     torch.manual_seed(cfg.seed + rank)

@@ -39,6 +39,18 @@ def sweep_partial(folder: str | Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def prepare_run(run: str | Path, *, overwrite: bool, outputs: tuple[str, ...]) -> None:
+    """Rank 0, before training: with `overwrite` remove a previous run's `outputs` (files or
+    folders inside `run`), then make the folder and sweep half-written checkpoints."""
+    run = Path(run)
+    if overwrite and run.exists():
+        for name in outputs:
+            p = run / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    sweep_partial(run / "checkpoints")
+
+
 def rng_state() -> dict:
     import numpy as np
     import torch
