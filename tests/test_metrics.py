@@ -122,6 +122,19 @@ def test_lpips_equals_lpips_called_directly(models, tmp_path, monkeypatch):
     assert not np.allclose(authors, want)
 
 
+def test_lpips_cpu_chunks_equal_one_pass(models, tmp_path):
+    """At 256×200 a CPU chunk holds 2 pairs, so 3 pairs run as 2 + 1; same values as lpips directly."""
+    from lego_core.metrics.lpips_metric import LPIPS, pairs_per_chunk
+
+    assert pairs_per_chunk("cpu", 200, 256, 3) == 2 and pairs_per_chunk("cuda:0", 200, 256, 3) == 3
+    home = tmp_path / "torch"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    os.link(models["squeeze"], home / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth")
+    gen, ref = _images(3, (256, 200), seed=7), _images(3, (256, 200), seed=8)
+    got = LPIPS("squeeze", weights=models["squeeze"]).update(_batch(gen, ref))["lpips"]
+    np.testing.assert_allclose(got, _lpips_direct(gen, ref, home), rtol=1e-5)
+
+
 def test_lpips_missing_backbone_names_file_and_option(tmp_path, monkeypatch):
     from lego_core.metrics.lpips_metric import LPIPS
 

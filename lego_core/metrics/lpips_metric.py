@@ -60,33 +60,53 @@ def load_lpips(net: str = "squeeze", weights: str | None = None, device: str = "
     return model.to(device).eval().requires_grad_(False)
 
 
+def input_affine(model, authors_range: bool = False):
+    """(scale, offset), each 1×3×1×1, such that `uint8 * scale + offset` is what lpips' backbone
+    sees: [0, 255] → [-1, 1] (or [0, 1] with `authors_range`), then lpips' ScalingLayer
+    ((x - shift) / scale). One fused pass over the images instead of five."""
+    lo, hi = (0.0, 1.0) if authors_range else (-1.0, 1.0)
+    shift, scale = model.scaling_layer.shift.float(), model.scaling_layer.scale.float()
+    return ((hi - lo) / 255.0 / scale), ((lo - shift) / scale)
+
+
 def lpips_distance(model, x, n: int):
-    """`model(x[:n], x[n:])` (lpips v0.1, lpips=True, spatial=False) computed faster: one backbone
-    pass over both halves, and each layer's 1×1 linear layer applied after the spatial mean
-    (it is linear and bias-free, so mean(w·d) = w·mean(d)) instead of on the full feature map.
-    Equal to lpips' own forward up to float rounding (tests hold it to 1e-5)."""
+    """`model(a, b)` (lpips v0.1, lpips=True, spatial=False) for `x = cat([a, b])` already through
+    `input_affine`, computed faster: one backbone pass over both halves, and each layer's 1×1
+    linear layer applied after the spatial mean (it is linear and bias-free, so mean(w·d) = w·mean(d))
+    instead of on the full feature map. Equal to lpips' own forward up to float rounding (tests
+    hold it to 1e-5)."""
     import torch
 
-    feats = model.net.forward(model.scaling_layer(x))
+    feats = model.net.forward(x)
     total = torch.zeros(n, dtype=torch.float32, device=x.device)
     for k, f in enumerate(feats):
-        inv = (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10).reciprocal_()  # lpips.normalize_tensor
-        d = (f[:n] * inv[:n]).sub_(f[n:] * inv[n:]).square_().mean(dim=(2, 3))  # B x C
+        f = f.permute(0, 2, 3, 1).flatten(1, 2)  # B x pixels x C: a view for channels_last maps
+        inv = (torch.linalg.vector_norm(f, dim=2, keepdim=True) + 1e-10).reciprocal_()  # lpips.normalize_tensor
+        d = (f[:n] * inv[:n]).addcmul_(f[n:], inv[n:], value=-1)
         conv = [m for m in model.lins[k].modules() if isinstance(m, torch.nn.Conv2d)][-1]
-        total += d @ conv.weight.view(-1).to(d.dtype)
+        total += (d.square_() @ conv.weight.view(-1).to(d.dtype)).mean(1)
     return total
+
+
+def pairs_per_chunk(device, height: int, width: int, n: int) -> int:
+    """How many pairs go through the backbone at once. A GPU takes them all; on a CPU, small chunks
+    keep the first layers' activations in cache: at 256², 2 pairs ran 1.3–1.6× faster than 8 or
+    more (`scripts/bench/evaluate.py`), and larger images get fewer."""
+    if str(device).startswith("cuda"):
+        return n
+    return max(1, (2 * 256 * 256) // (height * width))
 
 
 class LPIPS(Metric):
     name = "lpips"
     columns = ("lpips",)
-    cpu_chunk = 8
     higher_is_better = {"lpips": False}
 
     def __init__(self, net: str = "squeeze", weights: str | None = None, authors_range: bool = False,
                  device: str = "cpu"):
         self.net, self.weights, self.authors_range, self.device = net, weights, authors_range, device
         self.model = load_lpips(net, weights, device)
+        self.scale, self.offset = (t.to(device) for t in input_affine(self.model, authors_range))
 
     def update(self, batch: Batch) -> dict[str, list]:
         import torch
@@ -94,14 +114,11 @@ class LPIPS(Metric):
         out = [0.0] * len(batch)
         with torch.inference_mode():
             for idx, gen, ref in batch.size_groups():
-                # Pairs in chunks: on CPU, SqueezeNet's activations for 8 pairs stay in cache
-                # (measured 1.7x faster than 32 at 256 px); a GPU takes the whole group at once.
-                step = len(idx) if str(self.device).startswith("cuda") else self.cpu_chunk
+                step = pairs_per_chunk(self.device, gen.shape[2], gen.shape[3], len(idx))
                 for start in range(0, len(idx), step):
                     part = slice(start, start + step)
-                    x = torch.cat([gen[part], ref[part]]).to(self.device, torch.float32) / 255.0
-                    if not self.authors_range:
-                        x = x * 2 - 1
+                    x = torch.cat([gen[part], ref[part]]).to(self.device)
+                    x = torch.addcmul(self.offset, x, self.scale)  # uint8 → the backbone's input, one pass
                     x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
                     for i, v in zip(idx[part], lpips_distance(self.model, x, len(idx[part])).tolist()):
                         out[i] = v
