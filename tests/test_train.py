@@ -165,6 +165,55 @@ def test_zero3_and_cached_latents(base, enriched, tmp_path):
     assert gen.exit_code == 2 and "--vllm" in gen.stderr       # it loads, and knows it needs the VLLM
 
 
+def _exported_weights(folder):
+    from lego_core.diffusion.build import load_pipeline
+
+    pipe = load_pipeline(folder)
+    return {**{f"unet.{k}": v for k, v in state_of(pipe.unet).items()},
+            **{f"conditioner.{k}": v for k, v in state_of(pipe.conditioner).items()}}
+
+
+def _assert_exported_ema_of_checkpoints(run):
+    """RUN/model holds the EMA of steps 1-3's weights (read from the checkpoints with DeepSpeed's
+    zero_to_fp32), with diffusers' warm-up decay (0, 2/11, 3/12) — not the last step's weights."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    raw = [get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=f"step-{step:08d}")
+           for step in (1, 2, 3)]
+    want = dict(raw[0])
+    for decay, weights in ((2 / 11, raw[1]), (3 / 12, raw[2])):
+        want = {k: decay * want[k] + (1 - decay) * weights[k] for k in want}
+    got = _exported_weights(run / "model")
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert any(not torch.allclose(got[k], raw[2][k]) for k in want)
+
+
+def test_ema_is_exported_under_zero2_and_zero3_across_a_resume(base, enriched, tmp_path):
+    args = ["train", str(enriched), "--base", base, "--max-steps", "3", *FAST, "--conditioning", "description",
+            "--checkpoint-every", "1", "--keep-checkpoints", "3"]
+    assert run_cli("-q", *args, "--out", tmp_path / "z2").exit_code == 0
+    _assert_exported_ema_of_checkpoints(tmp_path / "z2")
+
+    # ZeRO-3 on 2 ranks with a low persistence threshold (most tensors partitioned, the small ones
+    # kept whole on every rank); stopped after 2 steps and resumed, so each rank's EMA partition goes
+    # through a checkpoint.
+    from lego_core.engine.launch import free_port
+
+    ds = tmp_path / "zero3.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 200},
+                              "gradient_clipping": 1.0, "steps_per_print": 10 ** 9}))
+    z3 = tmp_path / "z3"
+    for steps in ("2", "3"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "lego_cli.main", "-q", *map(str, args), "--out", str(z3), "--deepspeed", str(ds), "--max-steps", steps]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in (z3 / "checkpoints" / "step-00000002").glob("ema-*")} == {"ema-rank0.pt", "ema-rank1.pt"}
+    _assert_exported_ema_of_checkpoints(z3)
+
+
 def test_shards_missing_what_the_conditioning_needs_exit_2(base, tmp_path):
     result = run_cli("train", str(REPO / "shards"), "--base", base, "--out", tmp_path / "run", "--max-steps", "1", *FAST)
     assert result.exit_code == 2

@@ -218,11 +218,8 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
     pipe.vae.to(device)
     pipe.text_encoder.to(device)
     zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
-    ema = None
-    if cfg.ema and not zero3:
-        ema = EMAModel([p.detach().float().clone() for p in params], decay=cfg.ema_decay)
-    elif cfg.ema and rank == 0:
-        log.warning("EMA is not kept under ZeRO-3 (parameters are partitioned); the raw weights are exported")
+    ema = EMAModel(ema_inputs(params, zero3), decay=cfg.ema_decay) if cfg.ema else None
+    ema_file = f"ema-rank{rank}.pt" if zero3 else "ema.pt"  # ZeRO-3: each rank averages its own partition
 
     n_samples = len(read_keys(urls))
     total = steps_for(cfg, n_samples, world)
@@ -232,8 +229,8 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
         if not (resume_from / "lego-state.json").is_file():
             raise BadInput(f"--resume {resume_from}: not a finished checkpoint (no lego-state.json)")
         state.update(ckpt.load_checkpoint(engine, resume_from, rank=rank))
-        if ema is not None and (resume_from / "ema.pt").is_file():
-            ema.load_state_dict(torch.load(resume_from / "ema.pt", weights_only=False))
+        if ema is not None:
+            _load_ema(ema, resume_from / ema_file)
     start = int(state["step"])
     logger = RunLogger(run, enabled=rank == 0, total_steps=total, start_step=start, progress=cfg.progress,
                        every=cfg.log_every)
@@ -273,16 +270,16 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
                 keys_out.write("".join(f"{step + 1} {k}\n" for k in batch["key"]))
         step += 1
         if ema is not None:
-            ema.step([p.detach().float() for p in params])
+            ema.step(ema_inputs(params, zero3))
         elapsed = time.perf_counter() - t0
         logger.step(step, loss=loss_sum, lr=lr_sched.get_last_lr()[0], samples_per_s=samples * world / max(elapsed, 1e-9),
                     epoch=epoch)
         if cfg.val_shards and step % cfg.val_every == 0:
             _validate(cfg, step_fn, pipe, engine, run, step, logger, rank, zero3)
         if step % cfg.checkpoint_every == 0 or step == total:
-            extra = {"ema.pt": ema.state_dict()} if ema is not None else None
+            extra = {ema_file: ema.state_dict()} if ema is not None else None
             ckpt.save_checkpoint(engine, ckpt_dir, step, {"epoch": epoch, "batches_in_epoch": in_epoch},
-                                 rank=rank, keep=cfg.keep_checkpoints, extra=extra)
+                                 rank=rank, keep=cfg.keep_checkpoints, extra=extra, every_rank=zero3)
             logger.event("checkpoint", step=step)
     if keys_out is not None:
         keys_out.close()
@@ -294,6 +291,33 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
     return out if rank == 0 else None
 
 
+def ema_targets(params, zero3: bool) -> list:
+    """The tensors holding this rank's current weights: the parameters, or under ZeRO-3 each one's
+    partition (`ds_tensor`, which the optimizer updates, then gathers from)."""
+    return [p.ds_tensor for p in params] if zero3 else list(params)
+
+
+def ema_inputs(params, zero3: bool) -> list:
+    """`ema_targets` as fp32 views for diffusers' EMAModel, which averages only tensors that
+    require grad and *copies* the others: a detached copy would make the "EMA" the raw weights."""
+    return [t.detach().float().requires_grad_() for t in ema_targets(params, zero3)]
+
+
+def _load_ema(ema, path: Path) -> None:
+    """Restore the EMA from a checkpoint; start it afresh (with a warning) if it is missing or its
+    shapes differ (e.g. a ZeRO-3 run resumed with another number of ranks)."""
+    if not path.is_file():
+        log.warning("%s: no EMA in this checkpoint; the EMA restarts from the current weights", path.parent.name)
+        return
+    state = torch.load(path, weights_only=False)
+    saved = state.get("shadow_params", [])
+    if len(saved) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(saved, ema.shadow_params)):
+        log.warning("%s: its EMA does not fit this run (another world size under ZeRO-3?); the EMA restarts "
+                    "from the current weights", path)
+        return
+    ema.load_state_dict(state)
+
+
 def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3: bool) -> Path:
     """The final (EMA) weights as a LegoPipeline folder that `lego generate` loads."""
     import deepspeed
@@ -301,7 +325,13 @@ def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3:
     from diffusers import EulerAncestralDiscreteScheduler
 
     if ema is not None:
-        ema.copy_to(params)
+        ema.copy_to(ema_targets(params, zero3))
+        if zero3:  # "persistent" small parameters stay gathered; release them so the gather below reads the EMA
+            from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+            for p in params:
+                if p.ds_status == ZeroParamStatus.AVAILABLE:
+                    p.partition()
     gather = deepspeed.zero.GatheredParameters(list(denoiser.parameters()), modifier_rank=None) if zero3 else _null()
     with gather:
         if rank == 0:

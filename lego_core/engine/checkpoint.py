@@ -73,8 +73,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank: int, keep: int,
-                    extra: dict | None = None) -> Path:
-    """Save on every rank (a collective call); returns the final folder."""
+                    extra: dict | None = None, every_rank: bool = False) -> Path:
+    """Save on every rank (a collective call); returns the final folder. `extra` (file name →
+    object) is written by rank 0, or by every rank when `every_rank` (its names must then differ)."""
     import torch
     import torch.distributed as dist
 
@@ -83,7 +84,7 @@ def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank:
     partial = folder / f"{tag}.partial"
     engine.save_checkpoint(str(folder), tag=f"{tag}.partial", client_state={"lego": state}, save_latest=False)
     torch.save(rng_state(), partial / f"rng-rank{rank}.pt")
-    if rank == 0 and extra:
+    if extra and (rank == 0 or every_rank):
         for name, obj in extra.items():
             torch.save(obj, partial / name)
     if dist.is_initialized():
