@@ -108,6 +108,31 @@ def test_vllm_inputs_change_the_image_and_seeds_reproduce(ip2p_folder, frame):
     assert np.abs(a - other).max() > 1e-4
 
 
+def test_text_guidance_applies_whatever_the_image_guidance(ip2p_folder, frame):
+    """The 3-way formula for any scales (diffusers' InstructPix2Pix drops all guidance when s_I < 1)."""
+    _, parts = components(ip2p_folder)
+    pipe = lego(parts, "description")
+    low = run(pipe, frame, guidance_scale=7.5, image_guidance_scale=0.8)
+    high = run(pipe, frame, guidance_scale=20.0, image_guidance_scale=0.8)
+    assert np.abs(low - high).max() > 1e-3
+    plain = run(pipe, frame, guidance_scale=1.0, image_guidance_scale=1.0)   # = ε(X, C), one branch
+    seen = record_contexts(pipe)
+    assert np.abs(run(pipe, frame, guidance_scale=1.0, image_guidance_scale=1.0) - plain).max() == 0
+    assert seen[0].shape[0] == 1
+
+
+def test_bf16_unet_and_conditioner_with_fp32_encoders(ip2p_folder, frame):
+    """As validation samples during bf16 training: the UNet and conditioner in bf16, the frozen VAE
+    and text encoder in fp32."""
+    _, parts = components(ip2p_folder)
+    pipe = lego(parts, "description+joint")
+    pipe.unet.to(torch.bfloat16)
+    pipe.conditioner.to(torch.bfloat16)
+    h_i, h_t = vllm_inputs()
+    out = run(pipe, frame, vllm_image_embeds=h_i, vllm_text_embeds=h_t)
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
 def test_a_model_that_needs_embeddings_refuses_to_run_without(ip2p_folder, frame):
     _, parts = components(ip2p_folder)
     with pytest.raises(ValueError, match="needs"):

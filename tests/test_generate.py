@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, run_lego
+from conftest import REPO, run_cli, run_lego
 from lego_core.diffusion.build import build_from_pretrained
 from lego_core.diffusion.generate import load_image, output_paths
 from lego_core.kit import make_tiny_instruct_pix2pix
@@ -146,3 +146,43 @@ def test_with_vllm_the_description_and_embeddings_condition_the_model(frame, tmp
                    "--max-new-tokens", "6", "-o", tmp_path / "out2.png", *FAST)
     assert text.stdout.splitlines()[1].strip() == record["description"].strip()   # printed under the path
     assert width == 64
+    # A "label" model ignores the VLLM's description: the same image as without --vllm.
+    build_from_pretrained(base, conditioning="label", vllm=llava).save_pretrained(tmp_path / "label")
+    for out, extra in (("l1.png", ("--vllm", llava, "--greedy", "--max-new-tokens", "6")), ("l2.png", ())):
+        assert run_cli("generate", frame, "cut onion", "--model", tmp_path / "label", *extra,
+                       "-o", tmp_path / out, *FAST).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "l1.png")), np.asarray(Image.open(tmp_path / "l2.png")))
+
+
+def test_bad_steps_or_size_exit_2(model, frame, tmp_path):
+    for flag, value in (("--steps", "0"), ("--size", "4")):
+        result = run_cli("generate", frame, "cut onion", "--model", model, "-o", tmp_path / "out", *FAST, flag, value)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and flag in result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_label_model_is_prompted_with_labels(tmp_path, monkeypatch):
+    """What each model was trained on: a "label" model gets the label even where the shards (or a
+    VLLM) have a description; a "description" model gets the description (lego evaluate --model)."""
+    from lego_core.data.shards import ShardWriter, iter_samples
+    from lego_core.diffusion.pipeline import LegoPipeline
+    from lego_core.metrics.generate import generate_folder
+
+    base = make_tiny_instruct_pix2pix(tmp_path / "ip2p", sample_size=8)
+    for conditioning in ("label", "description"):
+        build_from_pretrained(base, conditioning=conditioning, vllm=16).save_pretrained(tmp_path / conditioning)
+    samples = [s for _, s in zip(range(2), iter_samples([str(REPO / "shards" / "ego4d-000000.tar")]))]
+    with ShardWriter(str(tmp_path / "d-%06d.tar")) as w:
+        for s in samples:
+            w.write({**{k: v for k, v in s.items() if not k.startswith("__url")},
+                     "enriched.txt": b"Hold the plate with the left hand and rinse it."})
+    labels = [json.loads(s["meta.json"])["label"] for s in samples]
+    seen = []
+    encode = LegoPipeline.encode_text
+    monkeypatch.setattr(LegoPipeline, "encode_text", lambda self, prompts: (seen.append(list(prompts)), encode(self, prompts))[1])
+    for conditioning, want in (("label", labels), ("description", ["Hold the plate with the left hand and rinse it."] * 2)):
+        seen.clear()
+        generate_folder([str(tmp_path / "d-000000.tar")], str(tmp_path / conditioning), str(tmp_path / f"gen-{conditioning}"),
+                        steps=1, size=64)
+        assert seen[0] == want

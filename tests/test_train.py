@@ -71,6 +71,32 @@ def test_cfg_dropout_is_three_way_five_percent_each():
         assert abs(share - 0.05) < 0.003
 
 
+def test_noise_is_added_the_ddpm_way_not_the_samplers(base):
+    """The UNet trains on √ᾱ·y + √(1-ᾱ)·ε (as SD and diffusers' InstructPix2Pix script), not on the
+    Euler sampler's y + σ·ε, which the pipeline only feeds it after scale_model_input."""
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.diffusion.train import DiffusionStep, TrainConfig
+
+    pipe = build_from_pretrained(base, conditioning="description")
+    seen = {}
+
+    def engine(noisy, x, t, *rest):
+        seen.update(noisy=noisy, t=t)
+        return torch.zeros_like(noisy)
+
+    step = DiffusionStep(pipe, engine, torch.float32, "cpu", TrainConfig(shards=[], out="", cfg_dropout=0.0))
+    y = torch.full((64, 4, 16, 16), 3.0)
+    step.latents = lambda batch: (y, torch.zeros_like(y))
+    torch.manual_seed(0)
+    step.loss({"text": ["cut onion"] * 64})
+    c = pipe.scheduler.config   # SD's scaled_linear betas, computed here independently of diffusers
+    betas = torch.linspace(c.beta_start ** 0.5, c.beta_end ** 0.5, c.num_train_timesteps, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)[seen["t"]].float()
+    noisy = seen["noisy"].flatten(1)
+    torch.testing.assert_close(noisy.mean(1), 3 * abar.sqrt(), atol=0.25, rtol=0)
+    torch.testing.assert_close(noisy.std(1), (1 - abar).sqrt(), atol=0.15, rtol=0)
+
+
 def test_overfits_a_fixed_batch_and_trains_the_conditioner(base, enriched):
     """Fixed noise and timesteps: loss after 30 steps < half the first; σ, μ, π get gradients."""
     import deepspeed

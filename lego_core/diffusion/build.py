@@ -96,7 +96,7 @@ def build_from_pretrained(base: str | Path, *, conditioning: str = "description+
     if uses_image_embeds(conditioning) or uses_text_embeds(conditioning) or conditioning in ("label", "description"):
         width = vllm_width(vllm) if vllm is not None else 5120
         conditioner = LegoConditioner(vllm_dim=width, cross_attention_dim=unet.config.cross_attention_dim,
-                                      conditioning=conditioning)
+                                      conditioning=conditioning).eval()  # like from_pretrained models
         if torch_dtype != torch.float32:
             conditioner = conditioner.to(torch_dtype)
     return LegoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sched,

@@ -18,12 +18,6 @@ from lego_core.diffusion.conditioner import uses_image_embeds, uses_text_embeds
 from lego_core.errors import BadInput
 
 
-def text_field(conditioning: str) -> str | None:
-    """Where R comes from: the label, or the VLLM's enriched description (the authors'
-    `llava_forecast_finetune`); a `description` model may also use the curated one."""
-    return None if conditioning == "label" else ENRICHED
-
-
 def required_fields(conditioning: str, cached_latents: bool = False) -> list[str]:
     fields = [META]
     fields += [INPUT_LATENT, TARGET_LATENT] if cached_latents else [INPUT, TARGET]
@@ -37,12 +31,15 @@ def required_fields(conditioning: str, cached_latents: bool = False) -> list[str
 
 
 def description_of(sample: dict, conditioning: str) -> str:
+    """R for a sample: the label for a "label" model, else the VLLM's enriched description (the
+    authors' `llava_forecast_finetune`), else the curated one, else the label. Training and
+    generate-first evaluation both use this, so an ablation row is evaluated on what it trained on."""
     meta = json.loads(sample[META])
-    if conditioning == "label":
-        return meta["label"]
-    for field in (ENRICHED, CURATED):
-        if field in sample:
-            return sample[field].decode("utf-8").strip()
+    if conditioning != "label":
+        for field in (ENRICHED, CURATED):
+            text = sample[field].decode("utf-8").strip() if sample.get(field) else ""
+            if text:
+                return text
     return meta["label"]
 
 

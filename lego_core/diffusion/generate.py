@@ -84,6 +84,14 @@ class GenerateOptions:
     progress: bool = True
     batch_size: int = 8               # images per pipeline call when generating many (lego evaluate --model)
 
+    def __post_init__(self):
+        if self.steps < 1:
+            raise BadInput(f"--steps {self.steps}: need at least 1 denoising step (the paper uses 100)")
+        if self.size < 8:
+            raise BadInput(f"--size {self.size}: the model works at 8 pixels or more (the paper uses 256)")
+        if self.batch_size < 1:
+            raise BadInput(f"--batch-size {self.batch_size}: need at least 1")
+
 
 class ActionFrameGenerator:
     """The diffusion model (and optionally the VLLM) loaded once, for many requests."""
@@ -135,8 +143,10 @@ class ActionFrameGenerator:
             description = result.description
             h_i = torch.as_tensor(result.image_embeds).unsqueeze(0)
             h_t = [torch.as_tensor(result.text_embeds)]
+        # A "label" model was trained on labels: it gets the prompt even when a VLLM describes the scene.
+        text = prompt if self.pipe.conditioning == "label" else description
         generator = torch.Generator(device="cpu").manual_seed(o.seed if seed is None else seed)
-        out = self.pipe(description, square, num_inference_steps=o.steps, guidance_scale=o.guidance,
+        out = self.pipe(text, square, num_inference_steps=o.steps, guidance_scale=o.guidance,
                         image_guidance_scale=o.image_guidance, generator=generator,
                         vllm_image_embeds=h_i, vllm_text_embeds=h_t).images[0]
         return out.resize(output_size(image.width, image.height, o.size, "short"), Image.Resampling.BICUBIC), description

@@ -105,13 +105,17 @@ class LegoPipeline(DiffusionPipeline):
             or (self.conditioner.config.conditioning in ("description+text", "description+joint") and vllm_text_embeds is None)
         ):
             raise ValueError(f"this model ({self.conditioning} conditioning) needs vllm_image_embeds/vllm_text_embeds")
-        cfg = guidance_scale > 1.0 and image_guidance_scale >= 1.0
+        # The 3-way formula holds for any scales; only s_T = s_I = 1 reduces it to ε(X, C). (diffusers'
+        # InstructPix2Pix also drops guidance when s_T <= 1 or s_I < 1, silently ignoring the other scale.)
+        cfg = not (guidance_scale == 1.0 and image_guidance_scale == 1.0)
 
-        # 1. Context: [cond, ∅ text, ∅ text] like InstructPix2Pix's prompt_embeds ordering.
-        text = self.encode_text(prompts)
+        # 1. Context: [cond, ∅ text, ∅ text] like InstructPix2Pix's prompt_embeds ordering, in the
+        # UNet's dtype (a bf16 UNet and conditioner with an fp32 text encoder, as in bf16 training).
+        dtype = self.unet.dtype
+        text = self.encode_text(prompts).to(dtype)
         context = self.build_context(text, vllm_image_embeds, vllm_text_embeds)
         if cfg:
-            null_text = self.encode_text([""] * batch)
+            null_text = self.encode_text([""] * batch).to(dtype)
             zero = torch.zeros(batch, device=device)
             null_context = self.build_context(null_text, vllm_image_embeds, vllm_text_embeds, keep_vllm=zero)
             context = torch.cat([context, null_context, null_context])
@@ -150,7 +154,7 @@ class LegoPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype), return_dict=False)[0]
             images = self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -116,8 +116,13 @@ class DiffusionStep:
     """One micro-batch: frozen encoders, noise, dropout, ε̂ through the DeepSpeed engine, loss."""
 
     def __init__(self, pipe, engine, dtype, device, cfg: TrainConfig):
+        from diffusers import DDPMScheduler
+
         self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
-        self.scheduler = pipe.scheduler
+        # Noise is added the DDPM way, √ᾱ·y + √(1-ᾱ)·ε, as SD was trained and as diffusers'
+        # InstructPix2Pix script does. The pipeline's sampler (Euler ancestral) adds y + σ·ε and
+        # rescales only at sampling time (scale_model_input), so it must not be used here.
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.engine, self.dtype, self.device, self.cfg = engine, dtype, device, cfg
         self.null_text = self.encode_text([""])
 
@@ -371,20 +376,25 @@ def _validate(cfg, step_fn, pipe, engine, run, step, logger, rank, zero3):
     if not samples:
         return
     batch = collate(samples)
-    engine.eval()
-    state = torch.get_rng_state()
-    torch.manual_seed(1234)
-    val_loss = step_fn.loss(batch).item()
-    torch.set_rng_state(state)
-    engine.train()
-    logger.event("validation", step=step, val_loss=val_loss)
-    if rank != 0 or zero3 or cfg.cached_latents:
-        return
+    engine.eval()  # no dropout in the loss or the samples
+    try:
+        # Fixed noise for a comparable loss, without touching the training RNG on any device.
+        with torch.random.fork_rng(devices=[step_fn.device] if torch.device(step_fn.device).type == "cuda" else []):
+            torch.manual_seed(1234)
+            val_loss = step_fn.loss(batch).item()
+        logger.event("validation", step=step, val_loss=val_loss)
+        if rank == 0 and not zero3 and not cfg.cached_latents:
+            _sample_grid(cfg, pipe, engine.module, samples, run, step, logger)
+    finally:
+        engine.train()
+
+
+def _sample_grid(cfg, pipe, module, samples, run, step, logger):
+    """input | generated | target for the validation samples, saved under RUN/samples/."""
     from PIL import Image
 
     from lego_core.diffusion.pipeline import LegoPipeline
 
-    module = engine.module
     gen = LegoPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=module.unet,
                        scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config),
                        conditioner=module.conditioner)

@@ -1,9 +1,10 @@
 """Generate-first evaluation: produce a folder of generated images keyed by sample key.
 
 `generate_folder(shards, model, folder, ...)` writes `folder/{key}.png` for every valid sample of
-`shards` (the input frame `input.jpg`, the prompt = the description `enriched.txt`, else
-`curated.txt`, else the label, and — for models that need them — the VLLM embeddings `vllm_img.npy` /
-`vllm_txt.npy` from the shards, or computed with `--vllm`), then `runner.evaluate` scores that folder
+`shards` (the input frame `input.jpg`; the prompt the model was trained on: the label for a "label"
+model, else the description `enriched.txt`, else `curated.txt`, else the label; and — for models
+that need them — the VLLM embeddings `vllm_img.npy` / `vllm_txt.npy` from the shards, or computed
+with `--vllm`), then `runner.evaluate` scores that folder
 exactly as `--generated DIR` would. Rerunning skips keys whose image exists (each PNG is written to
 a temp name and renamed, so a finished file is never half-written).
 
@@ -18,17 +19,6 @@ from lego_core.diffusion.generate import GenerateOptions
 from lego_core.errors import LegoError
 
 log = logging.getLogger(__name__)
-
-
-def prompt_of(sample: dict) -> str:
-    from lego_core.data import schema
-
-    for name in (schema.ENRICHED, schema.CURATED):
-        if sample.get(name):
-            t = schema.decode_text(sample[name]).strip()
-            if t:
-                return t
-    return schema.decode_meta(sample[schema.META]).label
 
 
 def generate_folder(shards, model: str, folder: str, *, vllm: str | None = None, progress: bool = False,
@@ -98,10 +88,11 @@ def _pipeline_batch(pipe, samples: list[dict], opts: GenerateOptions):
 
     from lego_core.data import schema
     from lego_core.data.video import output_size
+    from lego_core.diffusion.data import description_of
 
     pipe, vllm_model = pipe
     frames = [Image.open(io.BytesIO(s[schema.INPUT])).convert("RGB") for s in samples]
-    prompts = [prompt_of(s) for s in samples]
+    prompts = [description_of(s, pipe.conditioning) for s in samples]
     h_i = h_t = None
     if pipe.needs_vllm:
         if all(schema.VLLM_IMG in s and schema.VLLM_TXT in s for s in samples):
