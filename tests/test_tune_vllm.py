@@ -92,6 +92,53 @@ def test_labels_cover_only_the_answer_and_truncation_keeps_the_prompt(llava):
     assert (batch["labels"][1, n_prompt + 3:] == IGNORE).all() and batch["attention_mask"][1].sum() == n_prompt + 3
 
 
+# llava-hf/llava-1.5-7b-hf's chat_template, verbatim: the answer is `text + ' '` in the generation
+# tag, with no eos_token (the kit's tiny template adds one, which hid a missing EOS in the labels).
+LLAVA_15_HF_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+_GEN = "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
+
+
+@pytest.mark.parametrize("kind, template", [
+    ("generation", LLAVA_15_HF_TEMPLATE),                                  # trailing ' ' -> the EOS
+    ("prefix", LLAVA_15_HF_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")),
+    ("generation", LLAVA_15_HF_TEMPLATE.replace(_GEN, "{% generation %}{{ content['text'] }}{% endgeneration %}")),
+    ("generation", LLAVA_15_HF_TEMPLATE.replace(_GEN, "{% generation %}{{ content['text'] }}{% endgeneration %}"
+                                                      "{{ eos_token }}")),  # EOS outside the tag: labelled
+])
+def test_labels_end_with_eos_when_the_template_has_none(llava, kind, template):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from lego_core.vllm.tune import IGNORE, answer_mask_kind, encode_example
+
+    processor = AutoProcessor.from_pretrained(llava)
+    tok = processor.tokenizer
+    image = Image.new("RGB", (48, 32), (200, 30, 30))
+    answer, question = "Hold the onion with the left hand and cut it.", "How do I cut onion here?"
+    kit = encode_example(processor, image, question, answer)          # the kit's template: answer + eos_token
+    processor.chat_template = template
+    assert answer_mask_kind(processor) == kind
+    ex = encode_example(processor, image, question, answer)
+    labelled = ex["labels"][ex["labels"] != IGNORE]
+    assert labelled[-1] == tok.eos_token_id and tok.decode(labelled) == answer + tok.eos_token
+    assert int((ex["input_ids"] == tok.eos_token_id).sum()) == 1         # one EOS, at the end of the answer
+    for key in ("input_ids", "attention_mask", "labels"):                # LLaVA's own format, token for token
+        assert torch.equal(ex[key], kit[key]), key
+    n_prompt = int((ex["labels"] == IGNORE).sum())
+    n = len(ex["input_ids"])
+    cut = encode_example(processor, image, question, answer, max_length=n - 1)   # truncation: the EOS goes
+    assert torch.equal(cut["labels"], ex["labels"][:n - 1]) and len(cut["attention_mask"]) == n - 1
+    assert tok.eos_token_id not in cut["labels"].tolist() and (cut["labels"] != IGNORE).sum() == n - 1 - n_prompt
+
+
 def test_question_is_drawn_per_sample_and_epoch_reproducibly():
     from lego_core.vllm.templates import tuning_question
     from lego_core.vllm.tune import question_seed
@@ -171,6 +218,51 @@ def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_p
     config = json.loads((run / "tune-config.json").read_text())
     assert config["gradient_checkpointing"] and config["resolved"]["deepspeed"]["zero_optimization"]["stage"] == 3
     assert config["resolved"]["answer_tokens"] == "generation"
+
+
+@pytest.fixture(scope="module")
+def linear_llava(tmp_path_factory) -> Path:
+    """A tiny folder as `lego import vllm` writes for LLaVA v1: "projector_type": "linear", the
+    single-linear projector's weights (seeded, not the 2-layer MLP's)."""
+    from lego_core.importers.llava import LlavaLinearProjectorForConditionalGeneration
+    from lego_core.kit.llava import tiny_llava
+
+    model, processor = tiny_llava()
+    model.config.projector_type = "linear"
+    torch.manual_seed(1)
+    linear = LlavaLinearProjectorForConditionalGeneration(model.config)
+    folder = tmp_path_factory.mktemp("linear") / "llava"
+    linear.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _projector(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+
+
+def test_linear_projector_import_tunes_with_its_own_projector(linear_llava, curated, tmp_path):
+    from lego_core.importers.llava import LinearProjector, LlavaLinearProjectorForConditionalGeneration
+    from lego_core.vllm.load import load_vllm
+    from lego_core.vllm.tune import load_base
+
+    original, _ = load_vllm(linear_llava, device="cpu")
+    want = _projector(original)
+    assert set(want) == {"linear.weight", "linear.bias"}
+    base, _ = load_base(str(linear_llava), torch.float32, {})           # not a fresh random MLP
+    assert isinstance(base, LlavaLinearProjectorForConditionalGeneration)
+    got = _projector(base)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    run = tmp_path / "run"                                              # ZeRO-3 (partitioned load), lr 0
+    r = run_cli("-q", "tune-vllm", str(curated), "--vllm", linear_llava, "--out", run, "--max-steps", "1",
+                "--batch-size", "2", "--lr", "0", "--zero", "3", *FAST)
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "model" / "config.json").read_text())["projector_type"] == "linear"
+    tuned, _ = load_vllm(run / "model", device="cpu")
+    assert isinstance(tuned.model.multi_modal_projector, LinearProjector)
+    after = _projector(tuned)
+    assert after.keys() == want.keys() and all(torch.equal(after[k], want[k]) for k in want)
 
 
 @pytest.mark.parametrize("zero", ["2", "3"])

@@ -8,8 +8,9 @@ The recipe is the paper's (the authors ran LLaVA's `train_mem.py` with `zero3_of
 - the conversation is rendered by the model's own chat template (LLaVA-1.5's format when it has
   none) and tokenised with the image by the processor; the labels are -100 everywhere but the
   answer tokens: those the template marks with `{% generation %}` when it does, else the tokens
-  after the prompt (the answer and the end token); sequences are cut at `max_length` (2048),
-  answers only — a prompt never loses image tokens;
+  after the prompt; the labelled answer always ends with the tokenizer's EOS, as in LLaVA's
+  recipe (added when the template has none: llava-hf's); sequences are cut at `max_length`
+  (2048), answers only — a prompt never loses image tokens;
 - the CLIP vision tower is frozen; the projector and the language model (embeddings and lm_head
   included) are trained with AdamW, lr 2e-5, weight decay 0, cosine schedule with 3 % linear
   warmup, 3 epochs, gradient clipping 1.0, bf16 where the GPU supports it, gradient checkpointing;
@@ -136,9 +137,43 @@ def encode_example(processor, image, question: str, answer: str, *, max_length: 
         keep[n_prompt:] = True
     if n_prompt >= max_length:
         raise SkipSample(f"the prompt is {n_prompt} tokens (image tokens + question), not under --max-length {max_length}")
+    ids, mask, keep = end_answer_with_eos(processor.tokenizer, ids, enc["attention_mask"][0], keep)
     labels = torch.where(keep, ids, torch.full_like(ids, IGNORE))
-    return {"input_ids": ids[:max_length], "attention_mask": enc["attention_mask"][0][:max_length],
+    return {"input_ids": ids[:max_length], "attention_mask": mask[:max_length],
             "labels": labels[:max_length], "pixel_values": enc["pixel_values"][0]}
+
+
+def _blank(tokenizer, token_id: int) -> bool:
+    """A whitespace-only, non-special token (Llama's lone '▁' after `answer + ' '`)."""
+    return token_id not in tokenizer.all_special_ids and not tokenizer.decode([token_id]).strip()
+
+
+def end_answer_with_eos(tokenizer, ids, mask, keep):
+    """(ids, attention_mask, keep) with the labelled answer ending in the tokenizer's EOS, as in
+    LLaVA's own recipe (answer + `</s>`): without it the model never learns to stop and `lego
+    enrich` runs every sample to max_new_tokens. llava-hf's templates put `answer + ' '` and no EOS
+    in `{% generation %}`: the trailing whitespace-only token becomes the EOS (the sequence is then
+    the fallback format's); an EOS right after the span is labelled; else one is inserted there."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    span = keep.nonzero().flatten()
+    if eos is None or not len(span) or int(ids[span[-1]]) == eos:
+        return ids, mask, keep
+    end = int(span[-1])
+    if len(span) > 1 and _blank(tokenizer, int(ids[end])):            # never drops the whole answer
+        ids = ids.clone()
+        ids[end] = eos
+        return ids, mask, keep
+    if end + 1 < len(ids) and int(ids[end + 1]) == eos:               # the template's EOS, outside the tag
+        keep = keep.clone()
+        keep[end + 1] = True
+        return ids, mask, keep
+
+    def insert(t, value):
+        return torch.cat([t[:end + 1], t.new_tensor([value]), t[end + 1:]])
+
+    return insert(ids, eos), insert(mask, 1), insert(keep, True)
 
 
 def collate_examples(examples: list[dict], pad_id: int) -> dict:
@@ -265,9 +300,9 @@ def load_base(name: str, dtype, ds_config: dict):
     """The base model and processor. Under ZeRO-3 the weights load straight into partitions
     (transformers' `HfDeepSpeedConfig` + `deepspeed.zero.Init`), so no rank ever holds the whole
     model; the global switch is cleared again afterwards."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
-    from lego_core.vllm.load import load_config
+    from lego_core.vllm.load import llava_model_class, load_config
 
     load_config(name)                         # one-line errors for a wrong folder / name
     path = Path(name).expanduser()
@@ -280,7 +315,10 @@ def load_base(name: str, dtype, ds_config: dict):
         keep = HfDeepSpeedConfig(ds_config)    # noqa: F841 - must stay alive while loading
     try:
         processor = AutoProcessor.from_pretrained(name)
-        model = LlavaForConditionalGeneration.from_pretrained(name, dtype=dtype)
+        config = AutoConfig.from_pretrained(name)
+        # the class `load_vllm` loads it with: a LLaVA v1 import ("projector_type": "linear") keeps its
+        # single-linear projector instead of getting a fresh random 2-layer MLP
+        model = llava_model_class(config).from_pretrained(name, config=config, dtype=dtype)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
