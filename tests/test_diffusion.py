@@ -137,6 +137,8 @@ def test_a_model_that_needs_embeddings_refuses_to_run_without(ip2p_folder, frame
     _, parts = components(ip2p_folder)
     with pytest.raises(ValueError, match="needs"):
         run(lego(parts, "description+image"), frame)
+    with pytest.raises(ValueError, match="3 prompts but 2 images"):
+        lego(parts)(["a", "b", "c"], [frame, frame], num_inference_steps=1)
 
 
 def test_save_load_round_trip(ip2p_folder, frame, tmp_path):

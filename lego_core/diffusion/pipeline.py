@@ -124,6 +124,8 @@ class LegoPipeline(DiffusionPipeline):
         pixels = self.image_processor.preprocess(image)
         if pixels.shape[0] == 1 and batch > 1:
             pixels = pixels.repeat(batch, 1, 1, 1)
+        if pixels.shape[0] != batch:
+            raise ValueError(f"{batch} prompts but {pixels.shape[0]} images: give one image, or one per prompt")
         image_latents = self.encode_image_latents(pixels).to(context.dtype)
         if cfg:
             image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
@@ -133,7 +135,7 @@ class LegoPipeline(DiffusionPipeline):
         shape = (batch, self.vae.config.latent_channels, *image_latents.shape[-2:])
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=context.dtype)
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        latents = latents.to(device, context.dtype) * self.scheduler.init_noise_sigma
         extra = self.prepare_extra_step_kwargs(generator, eta)
 
         # 4. Denoise.
