@@ -185,6 +185,33 @@ def test_undecodable_image_is_skipped_and_counted(env, tmp_path):
     assert list(s["skipped"]["reasons"]) == ["generated image does not decode (OSError)"]
 
 
+def test_generated_shards_never_score_a_sample_against_its_own_target(env, tmp_path):
+    """Generated shards keep the copied target.jpg; a sample whose generation failed (no generated.png)
+    is missing on the generated side, not compared with itself (PSNR 100)."""
+    from lego_core.data.shards import ShardWriter, iter_samples
+
+    samples = [s for s in iter_samples(SHARDS) if s["__key__"] in env["keys"][:3]]
+    failed = samples[2]["__key__"]
+    with ShardWriter(str(tmp_path / "gen-%06d.tar")) as w:
+        for s in samples:
+            out = {k: v for k, v in s.items() if k in ("__key__", "target.jpg", "input.jpg", "meta.json")}
+            if s["__key__"] != failed:
+                out["generated.png"] = (env["dir"] / "noisy" / f"{s['__key__']}.png").read_bytes()
+            w.write(out)
+    r = run_cli("-q", "evaluate", "-g", tmp_path / "gen-000000.tar", "-r", SHARDS, "--metrics", "psnr", "--json",
+                "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)["sets"][0]
+    assert s["n"] == 2 and s["metrics"]["psnr"]["mean"] < 50
+    assert s["matching"]["only_reference"]["count"] == 22 - 2      # the failed sample among them
+    rows = list(csv.DictReader((tmp_path / "out" / "samples.csv").open()))
+    assert failed not in [row["key"] for row in rows] and len(rows) == 2
+    # Asked for explicitly, target.jpg is still read (all three samples, each equal to its reference).
+    r = run_cli("-q", "evaluate", "-g", tmp_path / "gen-000000.tar", "-r", SHARDS, "--metrics", "psnr", "--json",
+                "--generated-field", "target.jpg")
+    assert json.loads(r.output)["sets"][0]["n"] == 3
+
+
 def test_generate_first_plumbing_with_a_stand_in_generator(env, tmp_path):
     """evaluate_models: a generator fills OUT/NAME/generated/{key}.png, then the same evaluation runs;
     one table row per model. (The real generator is LegoPipeline; here a stand-in copies images.)"""

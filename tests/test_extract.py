@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -179,7 +180,7 @@ def test_workers_give_the_same_shards(tmp_path):
 
 
 def test_released_frames_layout(tmp_path):
-    """--frames reads DIR/P01/P01_91/frame_0000000001.jpg at 60 fps, nearest frame to each time."""
+    """--frames reads DIR/P01/P01_91/frame_0000000001.jpg at 60 fps, frame floor(t * fps) as the CSV numbers them."""
     rows = make_epic_actions("P01_91", 6.0, 3, seed=1)
     write_epic_csv(tmp_path / "a.csv", rows)
     frames = tmp_path / "frames" / "P01" / "P01_91"
@@ -194,8 +195,55 @@ def test_released_frames_layout(tmp_path):
     for s in samples.values():
         meta = json.loads(s["meta.json"])
         assert meta["source"] == "frames" and meta["fps"] == 60
-        assert frame_index(s["input.jpg"]) == meta["frame_input"] == max(1, round(meta["t_input"] * 60))
-        assert frame_index(s["target.jpg"]) == meta["frame_target"] == round(meta["t_target"] * 60)
+        assert frame_index(s["input.jpg"]) == meta["frame_input"] == max(1, math.floor(meta["t_input"] * 60 + 1e-6))
+        assert frame_index(s["target.jpg"]) == meta["frame_target"] == math.floor(meta["t_target"] * 60 + 1e-6)
+
+
+# Real rows of EPIC_100_train.csv (60 fps videos). All but P01_09_0 have a start or stop whose
+# nearest frame is one past the CSV's: the CSV floors t * fps.
+EPIC_REAL_ROWS = """\
+narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes
+P01_09_0,P01,P01_09,00:00:01.140,00:00:01.14,00:00:03.00,68,180,adjust lights,adjust,17,light,114,['light'],[114]
+P01_09_1,P01,P01_09,00:00:04.170,00:00:03.91,00:00:05.73,234,343,take bag,take,0,bag,19,['bag'],[19]
+P01_09_10,P01,P01_09,00:00:25.070,00:00:24.58,00:00:26.13,1474,1567,take soy milk,take,0,milk:soy,64,['milk:soy'],[64]
+P02_04_98,P02,P02_04,,00:04:00.15,00:04:01.03,14409,14461,pick up pot,pick-up,0,pot,29,['pot'],[29]
+P11_05_63,P11,P11_05,,00:03:35.06,00:03:43.59,12903,13415,slice courgette into pan,slice-into,7,courgette,76,"['courgette', 'pan']","[76, 5]"
+P22_14_24,P22,P22_14,,00:00:53.81,00:00:54.67,3228,3280,open cupboard,open,3,cupboard,3,['cupboard'],[3]
+"""
+
+
+def test_frame_number_is_the_csvs_start_and_stop_frame():
+    from lego_core.data.annotations import epic_frames_fps, parse_timestamp
+    from lego_core.data.extract import frame_number
+
+    for row in csv.DictReader(io.StringIO(EPIC_REAL_ROWS)):
+        fps = epic_frames_fps(row["video_id"])
+        for when, frame in (("start_timestamp", "start_frame"), ("stop_timestamp", "stop_frame")):
+            assert frame_number(parse_timestamp(row[when]), fps) == int(row[frame]), (row["narration_id"], when)
+    assert frame_number(2.05, 60) == 123          # 2.05 * 60 = 122.99999999999999 in floats
+    assert frame_number(0.0, 60) == frame_number(0.01, 60) == 1   # the files start at frame 1
+
+
+def test_released_frames_at_start_and_stop_are_the_csvs_frames(tmp_path):
+    """With X at the start and Y at the stop, --frames reads exactly the CSV's start_frame/stop_frame files."""
+    (tmp_path / "a.csv").write_text(EPIC_REAL_ROWS)
+    rows = {r["narration_id"]: r for r in csv.DictReader(io.StringIO(EPIC_REAL_ROWS))}
+    for r in rows.values():
+        folder = tmp_path / "frames" / r["participant_id"] / r["video_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in (int(r["start_frame"]), int(r["stop_frame"])):   # only the files the CSV names
+            Image.fromarray(render_frame(n, 192, 108)).save(folder / f"frame_{n:010d}.jpg", quality=95)
+    result = run_cli("extract", "--dataset", "epic-kitchens", "--annotations", tmp_path / "a.csv",
+                     "--frames", tmp_path / "frames", "--out", tmp_path / "s-%06d.tar", "--size", "108",
+                     "--input-offset", "0", "--target-fraction", "1", "--workers", "1", "--json")
+    assert result.exit_code == 0, result.output
+    samples = read_shards(tmp_path)
+    assert len(samples) == len(rows)
+    for s in samples.values():
+        meta = json.loads(s["meta.json"])
+        row = rows[meta["narration_id"]]
+        assert frame_index(s["input.jpg"]) == meta["frame_input"] == int(row["start_frame"])
+        assert frame_index(s["target.jpg"]) == meta["frame_target"] == int(row["stop_frame"])
 
 
 def test_kill_9_then_rerun_writes_every_pair_exactly_once(tmp_path):

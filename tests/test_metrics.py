@@ -226,11 +226,16 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def _clip_image_direct(model, im):
+    """The authors' ClipSimilarity.encode_image: [0, 1] floats, F.interpolate bicubic (no antialias,
+    no clamp) to the model's size, CLIP normalisation."""
     import torch
+    import torch.nn.functional as F
 
-    a = (np.asarray(im.resize((32, 32), Image.BICUBIC), np.float32) / 255 - CLIP_MEAN) / CLIP_STD
+    x = torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=32, mode="bicubic", align_corners=False)
+    x = (x - torch.from_numpy(CLIP_MEAN).view(1, 3, 1, 1)) / torch.from_numpy(CLIP_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        pooled = model.vision_model(pixel_values=torch.from_numpy(a).permute(2, 0, 1)[None]).pooler_output
+        pooled = model.vision_model(pixel_values=x).pooler_output
         v = model.visual_projection(pooled)[0].numpy()
     return v / np.linalg.norm(v)
 
@@ -240,11 +245,19 @@ def test_clip_score_is_cosine_x100_with_authors_preprocessing(models):
 
     from lego_core.metrics.clip_score import ClipScore
 
-    gen, ref = _images(4, (50, 30), seed=11), _images(4, (50, 30), seed=12)
-    got = ClipScore(models["clip"]).update(_batch(gen, ref))["clip"]
+    # Two image sizes (two batches through the model); downscaling, where PIL's antialiased resize
+    # would differ from the authors' torch bicubic.
+    gen = _images(3, (50, 30), seed=11) + _images(2, (64, 64), seed=13)
+    ref = _images(3, (50, 30), seed=12) + _images(2, (64, 64), seed=14)
+    score = ClipScore(models["clip"])
+    got = score.update(_batch(gen, ref))["clip"]
     model = CLIPModel.from_pretrained(models["clip"]).eval()
     want = [100 * float(_clip_image_direct(model, g) @ _clip_image_direct(model, r)) for g, r in zip(gen, ref)]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # The reference embeddings kept from the first set give the same scores for the next one.
+    again = _batch(gen[::-1], ref[::-1])
+    again.keys = again.keys[::-1]  # same key, same images, another order and grouping
+    np.testing.assert_allclose(score.update(again)["clip"][::-1], got, rtol=1e-5)
     assert ClipScore(models["clip"]).update(_batch(ref[:1], ref[:1]))["clip"][0] == pytest.approx(100, abs=1e-3)
 
 

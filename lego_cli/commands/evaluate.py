@@ -49,7 +49,8 @@ from lego_cli.common import echo_result, quiet
               help="EgoVLP clip length: 4 for Ego4D, 16 for EPIC-KITCHENS.  [default: 16 for an epic* checkpoint, else 4]")
 @click.option("--egovlp-tokenizer", default="distilbert-base-uncased",
               help="DistilBERT tokenizer folder or cached hub id (EgoVLP text score only).")
-@click.option("--generated-field", help="Generated shards: the image field (default: generated.png/jpg, output.png/jpg, target.jpg).")
+@click.option("--generated-field", help="Generated shards: the image field (default: the first of generated.png/jpg, output.png/jpg "
+                   "that the set has, for every sample; target.jpg only if it has none).")
 @click.option("--batch-size", default=32, help="Images per batch through every model.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available).")
 @click.option("--workers", default=4, help="Threads decoding images.")

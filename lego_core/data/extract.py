@@ -191,6 +191,16 @@ def _pairs_from_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
     return samples, rejects
 
 
+def frame_number(t: float, fps: float) -> int:
+    """The released frame file (frame_%010d.jpg) for time t, numbered as the annotations number them.
+
+    EPIC-KITCHENS-100's CSV start_frame/stop_frame, which name these files, are floor(t * fps),
+    not the nearest frame (00:00:03.91 at 60 fps is frame 234, not 235); X and Y are not CSV
+    frames, so they follow the same rule. The epsilon keeps products that should be whole but
+    land just under (2.05 * 60 = 122.99999...) on their frame; the files start at 1."""
+    return max(1, int(t * fps + 1e-6))
+
+
 def _pairs_from_frames(job: VideoJob) -> tuple[list[dict], list[Reject]]:
     from lego_core.data.video import resize_image
 
@@ -198,8 +208,7 @@ def _pairs_from_frames(job: VideoJob) -> tuple[list[dict], list[Reject]]:
     folder = Path(job.source)
     samples, rejects = [], []
     for a in job.actions:
-        # The CSV's start_frame/stop_frame are t * fps and name the frame files directly.
-        numbers = [max(1, round(t * fps)) for t in (a.t_input, a.t_target)]
+        numbers = [frame_number(t, fps) for t in (a.t_input, a.t_target)]
         paths = [folder / f"frame_{n:010d}.jpg" for n in numbers]
         missing = [p for p in paths if not p.is_file()]
         if missing:

@@ -1,10 +1,12 @@
 """CLIP image–image score: cosine similarity of the generated and ground-truth images' CLIP image
 embeddings, ×100 (transformers `CLIPModel`, ViT-L/14 by default; a folder or a cached hub id).
 
-Preprocessing as the authors': the whole image resized (bicubic, aspect ratio not kept, no crop) to
-the model's input size, then CLIP's normalisation (mean/std from the folder's processor config).
-Generated and reference images go through the model in one batch; reference embeddings are kept
-per key, so further generated sets (the ablation table) only embed their own images.
+Preprocessing as the authors' (metrics/clip_similarity.py): the whole image as a [0, 1] float
+tensor resized with `F.interpolate(mode="bicubic", align_corners=False)` to the model's input size
+(aspect ratio not kept, no crop, no antialiasing, no clamping or rounding to uint8), then CLIP's
+normalisation (mean/std from the folder's processor config). Generated and reference images of one
+size go through the model in one batch; reference embeddings are kept per key, so further
+generated sets (the ablation table) only embed their own images.
 """
 
 from __future__ import annotations
@@ -34,18 +36,17 @@ class ClipModel:
         except (OSError, ValueError):
             mean, std = CLIP_MEAN, CLIP_STD
         self.size = int(self.model.config.vision_config.image_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def pixels(self, images):
-        """PIL RGB images → normalised B×3×S×S (PIL bicubic resize of the whole image to S×S)."""
-        import numpy as np
-        import torch
-        from PIL import Image
+        """uint8 B×3×H×W → normalised float B×3×S×S, the authors' way: torch bicubic on [0, 1]
+        floats (unlike PIL's resize: no antialiasing, and over/undershoot is kept, not clamped)."""
+        import torch.nn.functional as F
 
-        arr = np.stack([np.asarray(im.resize((self.size, self.size), Image.BICUBIC), dtype=np.float32) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 255.0
-        return ((x - self.mean) / self.std).to(self.device)
+        x = images.to(self.device).float() / 255.0
+        x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False)
+        return (x - self.mean) / self.std
 
     def image_features(self, images):
         return clip_image_features(self.model, self.pixels(images))
@@ -68,15 +69,20 @@ class ClipScore(Metric):
     def update(self, batch: Batch) -> dict[str, list]:
         import torch
 
-        todo = [i for i, k in enumerate(batch.keys) if k not in self._ref]
+        gen: list = [None] * len(batch)
         with torch.inference_mode():
-            feats = self.clip.image_features(list(batch.generated) + [batch.reference[i] for i in todo])
-        gen, new_ref = feats[: len(batch)], feats[len(batch):]
-        for i, f in zip(todo, new_ref):
-            self._ref[batch.keys[i]] = f
+            for idx, g, r in batch.size_groups():  # one model call per image size
+                todo = [j for j, i in enumerate(idx) if batch.keys[i] not in self._ref]
+                feats = self.clip.image_features(torch.cat([g, r[todo]]))
+                for i, f in zip(idx, feats[: len(idx)]):
+                    gen[i] = f
+                for j, f in zip(todo, feats[len(idx):]):
+                    self._ref[batch.keys[idx[j]]] = f
         ref = torch.stack([self._ref[k] for k in batch.keys])
-        return {"clip": (100.0 * (gen * ref).sum(-1)).tolist()}
+        return {"clip": (100.0 * (torch.stack(gen) * ref).sum(-1)).tolist()}
 
     def settings(self) -> dict:
-        return {"model": self.clip.name, "preprocessing": f"bicubic resize of the whole image to {self.clip.size}, CLIP normalisation",
+        return {"model": self.clip.name,
+                "preprocessing": f"bicubic F.interpolate (no antialias) of the whole [0, 1] image to {self.clip.size}, "
+                                 "CLIP normalisation",
                 "scale": "cosine x 100"}

@@ -8,7 +8,9 @@ A side is either a folder of images or a shard set:
 - shards: keyed by ``__key__``. The reference is ``target.jpg``, the input frame ``input.jpg``, the
   description ``enriched.txt``, else ``curated.txt``, else the label in ``meta.json``. A generated
   shard set supplies ``--generated-field`` (default: the first of generated.png, generated.jpg,
-  output.png, output.jpg, target.jpg that the sample has).
+  output.png, output.jpg that any sample of the set has, chosen once for the whole set; a sample
+  without it counts as missing, never falls back to its own copied target.jpg. Only a set with
+  none of these fields is read from target.jpg).
 
 Local shards are indexed once (tar headers only) and read member by member with seeks, so
 nothing is held in memory and samples can be read in any order.
@@ -27,7 +29,7 @@ from lego_core.data import schema
 from lego_core.errors import BadInput
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-GENERATED_FIELDS = ("generated.png", "generated.jpg", "output.png", "output.jpg", schema.TARGET)
+GENERATED_FIELDS = ("generated.png", "generated.jpg", "output.png", "output.jpg")
 _MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/field split
 
 
@@ -137,21 +139,15 @@ class ShardSource(Source):
             except (tarfile.TarError, EOFError, OSError) as e:
                 self.broken.append(f"{url}: {e}")
         self.role = role
-        self.image_field = image_field
         self._files: dict[str, int] = {}
         fields = lambda k: (self.members.get(k) or self.loaded.get(k) or {})  # noqa: E731
         self._fields = fields
-        if image_field is None:
-            wanted = (schema.TARGET,) if role == "reference" else GENERATED_FIELDS
-            self._image_field = {}
-            for k in set(self.members) | set(self.loaded):
-                f = next((w for w in wanted if w in fields(k)), None)
-                if f:
-                    self._image_field[k] = f
-        else:
-            self._image_field = {k: image_field for k in set(self.members) | set(self.loaded) if image_field in fields(k)}
+        all_keys = set(self.members) | set(self.loaded)
+        # One field for the whole set; samples without it are missing on this side.
+        self.image_field = image_field or (schema.TARGET if role == "reference" else _generated_field(all_keys, fields))
+        self._image_field = {k: self.image_field for k in all_keys if self.image_field in fields(k)}
         if not self._image_field:
-            want = image_field or (schema.TARGET if role == "reference" else " / ".join(GENERATED_FIELDS))
+            want = image_field or (schema.TARGET if role == "reference" else " / ".join((*GENERATED_FIELDS, schema.TARGET)))
             raise BadInput(f"{self.path}: no sample has {want}" +
                            (" (pass --generated-field NAME)" if role == "generated" else ""))
 
@@ -196,6 +192,14 @@ class ShardSource(Source):
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+
+
+def _generated_field(keys, fields) -> str:
+    """The one field a generated shard set is read from. Chosen per set, not per sample: generated
+    shards often keep the copied target.jpg, and a sample whose generation failed must then count
+    as missing rather than be scored against its own reference."""
+    present = set().union(*(fields(k) for k in keys))
+    return next((f for f in GENERATED_FIELDS if f in present), schema.TARGET)
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:

@@ -63,9 +63,10 @@ def authors_way(gen_dir: str, ref_dir: str, m: dict) -> dict:
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
     size = clip.config.vision_config.image_size
 
-    def clip_img(im):
-        x = torch.from_numpy(np.asarray(im.resize((size, size), Image.BICUBIC), np.float32) / 255).permute(2, 0, 1)
-        f = clip.get_image_features(pixel_values=((x - mean) / std)[None]).pooler_output
+    def clip_img(im):  # ClipSimilarity.encode_image: [0, 1] floats, torch bicubic (no antialias), normalise
+        x = torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1)[None]
+        x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False)
+        f = clip.get_image_features(pixel_values=(x - mean) / std).pooler_output
         return torch.nn.functional.normalize(f, dim=-1)
 
     def clip_txt(t):
