@@ -135,8 +135,8 @@ class LPIPS(Metric):
         for idx, gen, ref in batch.size_groups():
             step = pairs_per_chunk(self.device, gen.shape[2], gen.shape[3], len(idx))
             chunks += [(idx[i:i + step], gen[i:i + step], ref[i:i + step]) for i in range(0, len(idx), step)]
-        on_gpu = str(self.device).startswith("cuda")
-        values = [self._distances(c) for c in chunks] if on_gpu else map_one_thread_each(self._distances, chunks)
+        on_cpu = str(self.device).startswith("cpu")
+        values = map_one_thread_each(self._distances, chunks) if on_cpu else [self._distances(c) for c in chunks]
         out = [0.0] * len(batch)
         for (idx, _, _), vals in zip(chunks, values):
             for i, v in zip(idx, vals):
