@@ -182,6 +182,41 @@ def test_failing_checks_are_asked_again_then_rejected(tmp_path, llm, env):
     assert keys[0] in written and keys[1] not in written
 
 
+def test_a_server_refusing_every_request_exits_2_not_0(tmp_path, llm, env):
+    # what OpenAI answers for every request when an option does not fit the model (e.g. 400
+    # "Unsupported parameter: 'max_tokens'"): it is the configuration, not 12 bad samples
+    pattern, metas = make_shards(tmp_path / "in", 12)
+    out = tmp_path / "out" / "cur-%06d.tar"
+    llm.default = "400"
+    p = run_lego("-q", "curate", pattern, "--out", out, "--base-url", llm.url, "--concurrency", "1", *FAST, env=env)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr and SECRET not in p.stderr + p.stdout
+    assert "refused the first 5 requests (HTTP 400) and accepted none" in p.stderr
+    assert '"context length exceeded"' in p.stderr and "check --llm" in p.stderr    # the server's words, what to do
+    assert llm.total == 5                                         # stops asking at once
+    # once the configuration is fixed, a rerun does the whole set (nothing was written or cached)
+    llm.default = "ok"
+    r = curate(pattern, "--out", out, "--json", llm=llm)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["written"] == 12 and s["skipped_total"] == 0 and s["already_done"] == 0
+
+
+def test_a_short_run_refused_throughout_exits_2_and_a_refusal_after_an_answer_is_one_sample(tmp_path, llm, env):
+    pattern, metas = make_shards(tmp_path / "in", 3)
+    llm.default = "400"
+    r = curate(pattern, "--out", tmp_path / "a" / "cur-%06d.tar", llm=llm)
+    assert r.exit_code == 2 and 'refused all 3 requests (HTTP 400) and accepted none: "context length' in r.stderr
+    assert llm.total == 3
+    # one answer accepted first: the server takes the request, so later 400s are those samples' own
+    pattern, metas = make_shards(tmp_path / "in8", 8)
+    llm.script(next(iter(metas.values()))["label"], ["ok"])
+    r = curate(pattern, "--out", tmp_path / "b" / "cur-%06d.tar", "--concurrency", "1", "--json", llm=llm)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["written"] == 1 and s["skipped"] == {"request refused (HTTP 400)": 7}
+
+
 def test_one_bad_sample_is_skipped_counted_and_rejected(tmp_path, llm, env):
     pattern, metas = make_shards(tmp_path / "in", 5, bad={2: {"label": "  "}, 3: {"boxes": [{"kind": "nose", "box": [0, 0, 1, 1]}]}})
     r = curate(pattern, "--out", tmp_path / "out" / "cur-%06d.tar", "--json", llm=llm)
@@ -390,6 +425,47 @@ def test_cache_drops_a_line_cut_by_a_kill(tmp_path):
     assert [json.loads(x)["key"] for x in lines] == ["k1", "k3"]
 
 
+def test_cache_entry_without_text_is_a_miss_never_an_answer(tmp_path, caplog):
+    path = tmp_path / "c.jsonl"
+    lines = [{"key": "k1", "request": "h", "text": "text one"},
+             {"key": "k2", "request": "h", "text": None},
+             {"key": "k3", "request": "h", "text": 7},
+             {"key": "k4", "request": "h"},
+             {"key": "k5", "request": "h", "text": "   "},
+             ["k6", "h", "text"],
+             {"key": "k1", "request": "h", "text": None}]   # must not replace the good k1
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    caplog.set_level(logging.WARNING, logger="lego.curate")
+    with AnswerCache(path) as c:
+        assert c.bad_lines == 6 and len(c) == 1 and c.get("k1", "h")["text"] == "text one"
+        assert all(c.get(k, "h") is None for k in ("k2", "k3", "k4", "k5"))
+        before = path.read_bytes()
+        for bad in (None, "", 3):
+            with pytest.raises(ValueError):
+                c.add("k9", "h", bad)
+        assert path.read_bytes() == before and c.get("k9", "h") is None     # nothing written
+    assert "ignored 6 unreadable or invalid line(s)" in caplog.text
+
+
+def test_a_cached_null_answer_is_asked_again_not_a_crash(tmp_path, llm, env):
+    pattern, metas = make_shards(tmp_path / "in", 3)
+    out = tmp_path / "out" / "cur-%06d.tar"
+    assert curate(pattern, "--out", out, llm=llm).exit_code == 0
+    cache_file = tmp_path / "out" / "cur.curate-cache.jsonl"
+    entries = [json.loads(x) for x in cache_file.read_text().splitlines()]
+    broken = entries[1]["key"]
+    entries[1]["text"] = None
+    cache_file.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    r = curate(pattern, "--out", out, "--dry-run", "--json", llm=llm)
+    assert {x["key"]: x["cached"] for x in map(json.loads, r.stdout.splitlines())} == {k: k != broken for k in metas}
+    llm.reset_counts()
+    r = curate(pattern, "--out", out, "--overwrite", "--json", llm=llm)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["written"] == 3 and s["from_cache"] == 2 and llm.total == 1 and llm.requests[query_of(metas[broken])] == 1
+    assert dict(read_out(tmp_path / "out"))[broken]["curated.txt"].decode() == good_answer(metas[broken]["label"])
+
+
 def test_checks():
     ok = "The person cuts the onion on the board with the knife held in the right hand."
     assert checks.check_response(ok, "cut onion") == (ok, None)
@@ -418,6 +494,36 @@ def test_retry_after_and_backoff():
     register_secret("sk-abcdefgh12345678")
     assert "abcdefgh" not in redact("key sk-abcdefgh12345678 and sk-proj-zzzzzzzzzz")
     assert "zzzzzzzz" not in redact("sk-proj-zzzzzzzzzz")
+
+
+def test_retry_after_http_date_is_utc_whatever_the_local_zone():
+    import email.utils
+
+    now = 1_700_000_000.0
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"        # UTC-5: a date read as local time is 5 hours off
+    time.tzset()
+    try:
+        assert time.timezone != 0
+        # "-0000" (what email.utils.formatdate writes) makes parsedate_to_datetime return a naive
+        # datetime: it is UTC, not local time
+        minus0 = email.utils.formatdate(now + 30)
+        assert minus0.endswith("-0000")
+        assert parse_retry_after({"retry-after": minus0}, now=now) == pytest.approx(30)
+        assert parse_retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(30)
+        assert parse_retry_after({"retry-after": "Tue, 14 Nov 2023 22:13:50 +0000"}, now=now) == pytest.approx(30)
+        assert parse_retry_after({"retry-after": "Wed, 15 Nov 2023 00:13:50 +0200"}, now=now) == pytest.approx(30)
+        assert parse_retry_after({"retry-after": email.utils.formatdate(now - 60)}, now=now) == 0.0   # past: no wait
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+    for junk in ("nan", "inf", "-inf", "Mon, 99 Foo 2023 99:99:99 GMT"):
+        assert parse_retry_after({"retry-after": junk}) is None, junk
+    assert parse_retry_after({"retry-after-ms": "nan", "retry-after": "2"}) == 2.0
+    assert 0.5 <= RetryPolicy(base_delay=1.0).delay(0, retry_after=float("nan")) <= 1.0       # backoff instead
 
 
 def test_examples_file_validation(tmp_path):

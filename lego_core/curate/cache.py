@@ -7,7 +7,9 @@ of the hash: the same model behind another endpoint answers the same request.
 
 A line is written (and flushed to the OS) as soon as an answer is accepted, before the sample goes
 to a shard, so a killed run loses no paid answer. A line cut short by a kill is dropped (and cut off
-the file) when the cache is opened again. The file never holds the API key or any header.
+the file) when the cache is opened again; a line that is not a valid entry (see `valid_entry`: e.g.
+``"text": null`` from an edited or foreign file) is ignored with a warning, so that sample is asked
+again instead of a None reaching the shard writer. The file never holds the API key or any header.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 log = logging.getLogger("lego.curate")
+
+
+def valid_entry(e: Any) -> bool:
+    """A usable cache entry: a dict whose key and request hash are strings and whose text is a
+    non-empty string (an accepted answer is never empty: the checks reject those)."""
+    return (isinstance(e, dict) and isinstance(e.get("key"), str) and isinstance(e.get("request"), str)
+            and isinstance(e.get("text"), str) and bool(e["text"].strip()))
 
 
 def request_hash(request: Mapping[str, Any]) -> str:
@@ -57,13 +66,17 @@ class AnswerCache:
                 continue
             try:
                 e = json.loads(line)
+            except ValueError:
+                e = None
+            # checked before it is stored: a bad line must be a miss, and must not replace an
+            # earlier good entry for the same sample
+            if valid_entry(e):
                 self.entries[(e["key"], e["request"])] = e
-                if not isinstance(e["text"], str):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
+            else:
                 self.bad_lines += 1
         if self.bad_lines:
-            log.warning("cache %s: ignored %d unreadable line(s)", self.path, self.bad_lines)
+            log.warning("cache %s: ignored %d unreadable or invalid line(s); those samples are asked again",
+                        self.path, self.bad_lines)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -74,6 +87,10 @@ class AnswerCache:
     def add(self, key: str, req_hash: str, text: str, *, model: str = "", usage: Mapping[str, int] | None = None) -> dict:
         entry = {"key": key, "request": req_hash, "model": model, "text": text,
                  "usage": dict(usage or {}), "time": round(time.time(), 3)}
+        if not valid_entry(entry):
+            # a caller's bug, not a sample's: refuse before anything reaches the file, which a
+            # later run would otherwise read back as an answer
+            raise ValueError(f"cache: not an answer to store for {key!r}: text={text!r:.80}")
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._file.flush()
         if self.fsync:

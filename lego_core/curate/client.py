@@ -6,7 +6,10 @@ and jitter on 429, 408/409, 5xx, timeouts, connection errors and malformed respo
 the server asks for in ``retry-after-ms`` / ``Retry-After`` when it says. What retrying cannot fix
 ends the run (bad key, unknown model, quota used up, server down after every retry): the answers
 already accepted stay in the cache, so a rerun continues. A request the server refuses for this
-sample alone (400, 413, 422) rejects that sample.
+sample alone (400, 413, 422) rejects that sample, except while the server has accepted nothing: when
+the first requests of a run are all refused (``REFUSED_UNTIL_FATAL`` of them, or every request of a
+shorter run) the refusal is taken as the server rejecting the request itself (an option or model it
+does not support) and the run ends with exit 2 quoting the server's message.
 
 The API key lives only in the openai client object: it is never logged, printed or written, and
 `redact` scrubs it from any server message we pass on (some servers echo the key back).
@@ -17,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import timezone
 from typing import Any, Mapping
 
 from lego_core.errors import BadInput, LegoError
@@ -29,6 +34,14 @@ log = logging.getLogger("lego.curate")
 
 OPENAI_URL = "https://api.openai.com/v1"
 NO_KEY = "sk-no-key-required"    # sent to servers that need no key (vLLM, llama.cpp, Ollama)
+
+# A server that rejects the request itself (e.g. OpenAI's 400 "Unsupported parameter: 'max_tokens'"
+# for newer models, or a FastAPI server's 422 for an option it does not know) refuses every sample
+# alike; taking each refusal as a per-sample reject would end the run with exit 0 and nothing
+# curated. So refusals (400, 413, 422, ...) before any accepted request are counted, and this many
+# end the run (exit 2). Five, not one: a sample can be refused on its own merits (too long for the
+# context); once one request has been accepted, a refusal is that sample's alone.
+REFUSED_UNTIL_FATAL = 5
 
 _SECRETS: set[str] = set()
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*]{6,}")
@@ -81,7 +94,7 @@ class RetryPolicy:
     def delay(self, retry: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (0-based)."""
         rng = rng or random
-        if retry_after is not None:
+        if retry_after is not None and not math.isnan(retry_after):   # NaN would make every min/max NaN
             wait = min(max(retry_after, 0.0), self.max_retry_after)
             return wait + rng.uniform(0, min(0.1 * wait, self.base_delay))
         cap = min(self.max_delay, self.base_delay * (2 ** retry))
@@ -97,23 +110,36 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
     ms = get("retry-after-ms")
     if ms is not None:
         try:
-            return max(float(ms) / 1000.0, 0.0)
+            wait = _seconds(float(ms) / 1000.0)
+            if wait is not None:
+                return wait
         except ValueError:
             pass
     ra = get("retry-after")
     if ra is None:
         return None
     try:
-        return max(float(ra), 0.0)
+        return _seconds(float(ra))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
     if when is None:
         return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+    if when.tzinfo is None:
+        # parsedate_to_datetime returns a naive datetime for the zone "-0000" (RFC 5322: UTC, but
+        # local time unknown); .timestamp() would read it as *local* time, off by the machine's UTC
+        # offset (hours of waiting). HTTP dates are always UTC (RFC 9110).
+        when = when.replace(tzinfo=timezone.utc)
+    return _seconds(when.timestamp() - (time.time() if now is None else now))
+
+
+def _seconds(s: float) -> float | None:
+    """A wait of ``s`` seconds, at least 0; None for NaN/inf ("nan" parses as a float, and
+    asyncio.sleep(nan) would not wait at all)."""
+    return max(s, 0.0) if math.isfinite(s) else None
 
 
 @dataclass
@@ -198,6 +224,25 @@ class LLMClient:
         self.budget = budget
         self.slots = asyncio.Semaphore(concurrency)
         self._rng = random.Random(seed)
+        self.accepted = 0                    # completions the server answered (2xx) in this run
+        self.refused = 0                     # refusals (4xx) while nothing was accepted yet
+        self._first_refusal: tuple[int, str] | None = None
+
+    def refused_everything(self) -> BadInput | None:
+        """The error that ends the run when the server has refused requests (at least one) and
+        accepted none; None otherwise. Raised at the ``REFUSED_UNTIL_FATAL``-th refusal, and for a
+        shorter run checked at its end."""
+        if self.accepted or not self.refused or self._first_refusal is None:
+            return None
+        status, message = self._first_refusal
+        message = " ".join(message.split())          # one line, whatever the server sent
+        if len(message) > 300:
+            message = message[:297] + "..."
+        which = f"the first {self.refused}" if self.refused >= REFUSED_UNTIL_FATAL else f"all {self.refused}"
+        return BadInput(f"the server at {self.base_url} refused {which} requests (HTTP {status}) and accepted "
+                        f"none: \"{message}\"; it refuses the request, not the samples: check --llm and the "
+                        f"options sent with it (--max-tokens, --temperature, --top-p, --seed) against what "
+                        f"the server supports")
 
     async def close(self) -> None:
         await self._client.close()
@@ -225,6 +270,7 @@ class LLMClient:
                     refusal=getattr(message, "refusal", None),
                     usage=self.budget.count_tokens(getattr(resp, "usage", None)),
                 )
+                self.accepted += 1
                 return result
             except openai.APITimeoutError:
                 why = "timeout"
@@ -248,7 +294,14 @@ class LLMClient:
                     why = f"HTTP {status}"
                     retry_after = parse_retry_after(e.response.headers)
                 else:
-                    raise SampleFailed(f"request refused (HTTP {status})", redact(_message(e))) from None
+                    detail = redact(_message(e))
+                    if not self.accepted:
+                        self.refused += 1
+                        if self._first_refusal is None:
+                            self._first_refusal = (status, detail)
+                        if self.refused >= REFUSED_UNTIL_FATAL:
+                            raise self.refused_everything() from None
+                    raise SampleFailed(f"request refused (HTTP {status})", detail) from None
             except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
                 # a 200 whose body is not a chat completion (bad JSON, no choices)
                 why = "malformed response"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from lego_core.curate import checks as checks_mod
-from lego_core.curate.cache import AnswerCache, request_hash
+from lego_core.curate.cache import AnswerCache, request_hash, valid_entry
 from lego_core.curate.prompts import PromptSet, build_messages, default_prompts, format_messages, load_examples
 from lego_core.data.schema import CURATED, META
 from lego_core.errors import BadInput, LegoError
@@ -247,9 +247,10 @@ def _read_only_cache(cfg: CurateConfig) -> set[tuple[str, str]]:
             for line in f:
                 try:
                     e = json.loads(line)
+                except ValueError:
+                    continue
+                if valid_entry(e):          # what AnswerCache would use: an invalid line is a miss
                     found.add((e["key"], e["request"]))
-                except (ValueError, KeyError, TypeError):
-                    pass
     return found
 
 
@@ -323,6 +324,10 @@ def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = N
     summary.remaining = max(total - summary.written - summary.already_done - sum(summary.skipped.values()), 0)
     summary.shards = [str(p) for p in shards.finished_shards(pattern)]
     summary.seconds = time.perf_counter() - started
+    if isinstance(budget.fatal, BadInput):
+        # the configuration is wrong (e.g. the server refuses every request): the samples it
+        # rejected on the way are not the samples' fault, and exit 2 is one line
+        raise budget.fatal
     if summary.skipped:
         log.warning("skipped %d samples (%s); see %s", sum(summary.skipped.values()),
                     ", ".join(f"{r}: {n}" for r, n in summary.skipped.most_common()), summary.rejects_file)
@@ -397,6 +402,11 @@ async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, po
             await asyncio.sleep(0)          # let cached answers and finished requests complete
             await flush(max_window)
         await flush(0)
+        # a run of fewer than REFUSED_UNTIL_FATAL requests, all refused: the same verdict as for
+        # the first REFUSED_UNTIL_FATAL of a longer one (exit 2, not "0 curated" with exit 0)
+        refused = client.refused_everything()
+        if refused is not None:
+            budget.stop(str(refused), fatal=refused)
     finally:
         for _, fut in window:
             fut.cancel()
