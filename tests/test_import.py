@@ -286,6 +286,152 @@ def test_import_vllm_generates_what_the_original_does(original_llava, tmp_path):
     assert res.image_embeds.shape == (16, 64) and res.text_embeds.shape[1] == 64
 
 
+def _tokenizer_image_token(prompt, tokenizer, image_id, n_image):
+    """The ids the original LLaVA gives `prompt`: `tokenizer_image_token` (llava/mm_utils.py) splits it
+    at '<image>' and tokenizes each chunk as a fresh string (the BOS of later chunks dropped), with the
+    slow legacy SentencePiece tokenizer of transformers 4.31: the text is split at the special tokens
+    and each piece encoded by SentencePiece, whose dummy prefix starts it with '▁'. Emulated here
+    with `tokenizer`'s vocabulary and merges; the image stands for its `n_image` features."""
+    import re
+
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    sp = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+    specials = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<unk>")}
+
+    def fresh(chunk):                   # tokenizer(chunk).input_ids
+        ids = [tokenizer.bos_token_id]
+        for piece in re.split("(" + "|".join(map(re.escape, specials)) + ")", chunk):
+            if piece in specials:
+                ids.append(specials[piece])
+            elif piece:
+                ids += sp.encode("▁" + piece, add_special_tokens=False).ids    # SentencePiece's dummy prefix
+        return ids
+
+    chunks = [fresh(c) for c in prompt.split("<image>")]
+    ids = chunks[0][:1]
+    for i, chunk in enumerate(chunks):
+        ids += ([image_id] * n_image if i else []) + chunk[1:]
+    return ids
+
+
+def test_import_vllm_prompts_tokenize_as_llava_tokenizer_image_token(original_llava, tmp_path):
+    """The imported processor's input ids are the original's: the '▁' SentencePiece puts at the start
+    of the chunk after the image (and after '</s><s>' in a multi-turn conversation) is kept."""
+    from lego_core.importers.llava import LLAVA_LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
+    from lego_core.vllm.load import load_vllm
+    from lego_core.vllm.prompting import build_prompt
+
+    result = run_cli("import", "vllm", original_llava["src"], "--out", tmp_path / "llava", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "llava" / "tokenizer_config.json").read_text())["legacy"] is True
+    _, processor = load_vllm(tmp_path / "llava", device="cpu", dtype="float32")
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<image>")
+    image = Image.fromarray((np.random.RandomState(2).rand(32, 32, 3) * 255).astype("uint8"))
+    q1, a1, q2 = "How do I cut onion here?", "Hold the knife firmly and slice.", "And then?"
+    turns = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q1}]},
+             {"role": "assistant", "content": [{"type": "text", "text": a1}]},
+             {"role": "user", "content": [{"type": "text", "text": q2}]}]
+    prompts = {   # what LLaVA's conv_llava_llama_2 / conv_vicuna_v1 `get_prompt()` give
+        "one turn": (build_prompt(processor, q1),
+                     f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n<image>\n{q1} [/INST]"),
+        "multi-turn": (processor.apply_chat_template(turns, add_generation_prompt=True),
+                       f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n<image>\n{q1} [/INST] {a1} </s>"
+                       f"<s>[INST] {q2} [/INST]"),
+        "llava_v1 multi-turn": (processor.apply_chat_template(turns, add_generation_prompt=True,
+                                                              chat_template=LLAVA_V1_TEMPLATE),
+                                f"{LLAVA_V1_SYSTEM} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT:"),
+    }
+    for name, (prompt, llava_prompt) in prompts.items():
+        assert prompt == llava_prompt, name
+        ids = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"][0].tolist()
+        assert ids == _tokenizer_image_token(prompt, tok, image_id, 16), name
+        after = len(ids) - ids[::-1].index(image_id)
+        assert tok.convert_ids_to_tokens(ids[after:after + 2]) == ["▁", "<0x0A>"], name
+        if name != "one turn":      # the text after '</s>' (llava_llama_2: '</s><s>') starts with '▁' too
+            nxt = ids.index(tok.eos_token_id) + 1
+            nxt += ids[nxt] == tok.bos_token_id
+            assert tok.convert_ids_to_tokens(ids[nxt]).startswith("▁"), name
+
+
+def _llava_variant(c, folder, edit_state, **cfg_changes):
+    """A copy of the original-layout folder with its weights passed through `edit_state`."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir()
+    for f in c["src"].iterdir():
+        if f.name != "model.safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    state = edit_state(load_file(c["src"] / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    cfg = json.loads((c["src"] / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(cfg, **cfg_changes)))
+    return folder
+
+
+def test_import_vllm_tower_weights_in_the_checkpoint(original_llava, tmp_path):
+    """A tower saved inside the checkpoint is used when all its tensors fit the named tower; one that
+    fits only in part is refused (one line, exit 2) instead of being mixed with the named tower."""
+    from lego_core.vllm.load import load_vllm
+
+    c = original_llava
+    tuned = {k: v + 0.01 for k, v in c["tower"].state_dict().items()}
+
+    def with_tower(tower):     # the original's names: LlavaMetaModel.vision_tower (CLIPVisionTower).vision_tower
+        return lambda state: {**state, **{"model.vision_tower.vision_tower.vision_model." + k: v
+                                          for k, v in tower.items()}}
+
+    full = _llava_variant(c, tmp_path / "llava-llama-2-full", with_tower(tuned))
+    result = run_cli("import", "vllm", full, "--out", tmp_path / "out", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    assert f"taken from the LLaVA checkpoint (all {len(tuned)} tensors)" in result.stdout
+    model, _ = load_vllm(tmp_path / "out", device="cpu", dtype="float32")
+    for k, v in model.model.vision_tower.state_dict().items():
+        torch.testing.assert_close(v, tuned[k], rtol=0, atol=0)
+
+    part = dict(list(tuned.items())[:-1])
+    partial = _llava_variant(c, tmp_path / "llava-llama-2-part", with_tower(part))
+    result = run_cli("import", "vllm", partial, "--out", tmp_path / "out2")
+    assert result.exit_code == 2
+    assert f"{len(part)} of its {len(tuned)} tensors match" in _err_line(result)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_import_vllm_padded_embedding_matrix(original_llava, tmp_path):
+    """Embeddings padded past the tokenizer (1008 rows, 1000 tokens): '<image>' takes padding row 1000,
+    which no real token uses; nothing is added or suppressed, and the logits are the original's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lego_core.vllm.load import load_vllm
+    from lego_core.vllm.prompting import build_prompt
+
+    c = original_llava
+    torch.manual_seed(3)
+    pad = {k: torch.randn(8, 64) for k in ("model.embed_tokens.weight", "lm_head.weight")}
+    src = _llava_variant(c, tmp_path / "llava-llama-2-padded",
+                         lambda s: {**s, **{k: torch.cat([s[k], pad[k]]) for k in pad}}, vocab_size=1008)
+    result = run_cli("import", "vllm", src, "--out", tmp_path / "out", "--dtype", "float32", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["image_token_id"] == 1000 and summary["vocab_added"] == 0
+    assert any("padding row" in n for n in summary["notes"])
+    model, processor = load_vllm(tmp_path / "out", device="cpu", dtype="float32")
+    assert model.config.text_config.vocab_size == 1008 and not model.generation_config.suppress_tokens
+
+    llm = LlamaForCausalLM(LlamaConfig(**{**c["llm"].config.to_dict(), "vocab_size": 1008})).eval()
+    llm.load_state_dict({k: torch.cat([v, pad[k]]) if k in pad else v for k, v in c["llm"].state_dict().items()})
+    image = Image.fromarray((np.random.RandomState(4).rand(32, 32, 3) * 255).astype("uint8"))
+    inputs = processor(images=[image], text=[build_prompt(processor, "What next?")], return_tensors="pt")
+    ref_logits, ref_ids = _reference_llava_v1(dict(c, llm=llm), inputs["input_ids"], inputs["pixel_values"], 1000, 5)
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1]
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    assert out[0, inputs["input_ids"].shape[1]:].tolist() == ref_ids.tolist()
+
+
 def test_import_vllm_bad_folders_exit_2(original_llava, tmp_path):
     (tmp_path / "notllava").mkdir()
     (tmp_path / "notllava" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))

@@ -19,7 +19,20 @@ which `load_vllm` reads to pick the class. ("mlp2x_gelu" projectors are transfor
 
 The added `<image>` token: its input embedding is never used (image features replace it); its
 output row in `lm_head` is zero and it is listed in `generation_config.suppress_tokens`, so the
-imported model generates exactly what the original did.
+imported model generates exactly what the original did. (When the checkpoint's embedding matrix
+has more rows than its tokenizer has tokens, e.g. padded to a multiple of 64, `<image>` takes the
+first padding row, which no real token uses, and the padding rows are kept as they are: the
+original could emit them too.)
+
+The tokenizer. The original builds prompt ids with `tokenizer_image_token` (llava/mm_utils.py):
+it splits the prompt at `<image>` and tokenizes each chunk as a fresh string, so the text after
+the image starts with SentencePiece's dummy-prefix `▁` ("\\nHow" -> `▁`, `<0x0A>`, ...), with the
+slow, legacy (transformers 4.31) Llama tokenizer, which also puts a `▁` before the text that
+follows `</s>` / `<s>` in a multi-turn conversation. transformers 5's Llama tokenizer (legacy=False:
+Metaspace prepend_scheme "first") puts no `▁` after a special token, which would make every
+prompt one token off what the model was tuned and run on. So the imported tokenizer is saved
+with `legacy: true` (prepend_scheme "always"): the processor's input ids equal
+`tokenizer_image_token`'s for the prompts the chat templates below render.
 """
 
 from __future__ import annotations
@@ -149,6 +162,33 @@ def _read_weights(folder: Path, trust_pickle: bool) -> dict:
     return state
 
 
+def _prefix_after_special_tokens(tokenizer) -> bool:
+    """Make text that follows a special token (`<image>`, `</s>`, `<s>`) start with the dummy-prefix
+    `▁`, as in LLaVA's `tokenizer_image_token` with the legacy SentencePiece tokenizer (see the module
+    docstring). Returns whether the tokenizer now does so (checked on `<image>` + "\\nx")."""
+    from tokenizers import pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if isinstance(pre, pre_tokenizers.Metaspace) and pre.prepend_scheme == "first":
+        pre.prepend_scheme = "always"
+        backend.pre_tokenizer = pre
+        # transformers' LlamaTokenizer rebuilds its pre-tokenizer from `legacy` when loaded: save it
+        tokenizer.legacy = True
+        tokenizer.init_kwargs["legacy"] = True
+    after = tokenizer(IMAGE_TOKEN + "\nx", add_special_tokens=False).input_ids[1:]
+    fresh = tokenizer("\nx", add_special_tokens=False).input_ids
+    return after == fresh
+
+
+def _source_legacy(src: Path):
+    """The `legacy` flag of the source tokenizer_config.json (None when absent: legacy in transformers 4.31)."""
+    try:
+        return json.loads((src / "tokenizer_config.json").read_text()).get("legacy")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _tower(name: str, override) -> Path | str:
     if override is not None:
         return Path(override)
@@ -237,8 +277,20 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
         tower_state = {k[len("vision_model."):] if k.startswith("vision_model.") else k: v
                        for k, v in tower_state.items()}
         own = tower.state_dict()
-        tower.load_state_dict({k: tower_state.get(k, v) for k, v in own.items()})
-        notes.append("vision tower weights taken from the LLaVA checkpoint")
+        absent = [k for k in own if k not in tower_state]
+        unknown = [k for k in tower_state if k not in own and not k.endswith("position_ids")]
+        if absent or unknown:
+            which = f"no {absent[0]}" if absent else f"an unknown {unknown[0]}"
+            raise BadInput(f"{src}: its vision-tower weights (model.vision_tower.*) do not fit the tower "
+                           f"{tower_ref}: {len(own) - len(absent)} of its {len(own)} tensors match ({which}); "
+                           f"pass --vision-tower DIR with the tower the model was tuned with")
+        for k, v in own.items():
+            if tuple(tower_state[k].shape) != tuple(v.shape):
+                raise BadInput(f"{src}: vision-tower weight {k} has shape {list(tower_state[k].shape)}, the tower "
+                               f"{tower_ref} has {list(v.shape)}; pass --vision-tower DIR with the tower it was "
+                               f"tuned with")
+        tower.load_state_dict({k: tower_state[k] for k in own})
+        notes.append(f"vision tower weights taken from the LLaVA checkpoint (all {len(own)} tensors)")
     vc = tower.config
     if int(cfg.get("mm_hidden_size", vc.hidden_size)) != vc.hidden_size:
         raise BadInput(f"{src}: mm_hidden_size {cfg.get('mm_hidden_size')} but the vision tower {tower_ref} "
@@ -249,14 +301,25 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
     except (OSError, ValueError) as e:
         raise BadInput(f"{src}: cannot load its tokenizer ({str(e).splitlines()[0][:120]})") from None
     old_vocab = int(state["model.embed_tokens.weight"].shape[0])
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
+    image_is_new = IMAGE_TOKEN not in tokenizer.get_vocab()
+    if image_is_new:
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     tokenizer.image_token = IMAGE_TOKEN
+    if not _prefix_after_special_tokens(tokenizer):
+        log.warning("the tokenizer (%s) cannot be made to start the text after <image> with a fresh "
+                    "string's prefix: prompts may differ from LLaVA's tokenizer_image_token", type(tokenizer).__name__)
+        notes.append("the text after <image> may tokenize differently from the original's tokenizer_image_token")
+    elif _source_legacy(src) is False:
+        notes.append("the source tokenizer says legacy=false: one-turn prompts tokenize as the original's; in "
+                     "multi-turn ones a '▁' now follows '</s><s>' where transformers 4.31 put none")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     tokenizer.padding_side = "left"
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     vocab = max(len(tokenizer), old_vocab)
+    if image_is_new and image_id < old_vocab:    # a padded embedding matrix: no real token uses that row
+        notes.append(f"<image> (id {image_id}) takes a padding row of the checkpoint's {old_vocab}-row embedding "
+                     f"matrix (its tokenizer has {len(tokenizer) - 1} tokens); the padding rows are kept as they are")
 
     llama = {k: cfg[k] for k in _LLAMA_KEYS if k in cfg}
     llama.update(vocab_size=vocab, tie_word_embeddings=False)
