@@ -51,7 +51,7 @@ def env(**extra):
 
 def test_slurm_and_torchrun_detection():
     slurm = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-             "SLURM_JOB_NODELIST": "gpu[07-08]"}
+             "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_STEP_ID": "0"}          # an srun task
     d = detect_launch(slurm)
     assert (d.launcher, d.rank, d.world_size, d.local_rank, d.master_addr) == ("slurm", 1, 2, 1, "gpu07")
     assert detect_launch({**slurm, "MASTER_PORT": "1234"}).master_port == 1234
@@ -59,7 +59,13 @@ def test_slurm_and_torchrun_detection():
                        "TORCHELASTIC_RUN_ID": "x", **slurm})
     assert (t.launcher, t.rank, t.world_size, t.local_rank) == ("torchrun", 3, 4, 1)
     assert detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).launcher == "single"
+    # a plain `lego train` in an `sbatch --nodes=2` script: the batch step has SLURM_PROCID/NTASKS
+    # but no srun step id, and is one process, not rank 0 of 2 waiting for a rank 1
+    batch = {k: v for k, v in slurm.items() if k != "SLURM_STEP_ID"} | {"SLURM_PROCID": "0"}
+    assert detect_launch(batch).launcher == "single"
+    assert detect_launch({**batch, "SLURM_STEP_ID": "batch"}).launcher == "single"
     assert slurm_head_node("a[1-3],b2") == "a1" and slurm_head_node("node12") == "node12"
+    assert slurm_head_node("node[1-2]-ib") == "node1-ib"     # more forms in test_engine.py
 
 
 def test_cfg_dropout_is_three_way_five_percent_each():

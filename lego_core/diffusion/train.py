@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from lego_core.engine.config import EngineOptions
-from lego_core.errors import BadInput
 
 log = logging.getLogger("lego.train")
 
@@ -188,21 +187,19 @@ def train(cfg: TrainConfig) -> Path | None:
 
 def _train(cfg, urls, first, run, rank, world, device) -> Path:
     import deepspeed
-    import torch.distributed as dist
     from diffusers.training_utils import EMAModel
 
     from lego_core.data.shards import SkipStats, make_dataset, read_keys
     from lego_core.diffusion.build import build_from_pretrained, quiet_loading
     from lego_core.diffusion.data import DecodeSample, DecodeStage, collate, required_fields, vllm_width_of
     from lego_core.engine import checkpoint as ckpt
-    from lego_core.engine.config import deepspeed_config, precision_dtype
+    from lego_core.engine.config import engine_config, precision_dtype
     from lego_core.engine.logger import RunLogger
     from lego_core.engine.stream import batch_stream
 
     ckpt_dir = run / "checkpoints"
-    if rank == 0:
-        ckpt.prepare_run(run, overwrite=cfg.overwrite, outputs=("checkpoints", "model", "log.jsonl", "tensorboard", "samples"))
-    dist.barrier()
+    resume_from = ckpt.start_run(run, rank=rank, overwrite=cfg.overwrite, resume=cfg.resume,
+                                 outputs=("checkpoints", "model", "log.jsonl", "tensorboard", "samples"))
 
     torch.manual_seed(cfg.seed + rank)
     quiet_loading()
@@ -214,7 +211,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
     params = trainable_parameters(denoiser)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)     # constant, as the paper
-    ds_config = deepspeed_config(cfg.engine, world)
+    ds_config = engine_config(cfg.engine, world)     # a --deepspeed file's batch / accumulation win
     if cfg.engine.offload_optimizer:
         ds_config["zero_force_ds_cpu_optimizer"] = False
     engine, _, _, _ = deepspeed.initialize(model=denoiser, optimizer=optimizer, lr_scheduler=lr_sched,
@@ -228,11 +225,8 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
 
     n_samples = len(read_keys(urls))
     total = steps_for(cfg, n_samples, world)
-    resume_from = Path(cfg.resume) if cfg.resume else ckpt.latest_checkpoint(ckpt_dir)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     if resume_from is not None:
-        if not (resume_from / "lego-state.json").is_file():
-            raise BadInput(f"--resume {resume_from}: not a finished checkpoint (no lego-state.json)")
         state.update(ckpt.load_checkpoint(engine, resume_from, rank=rank))
         if ema is not None:
             _load_ema(ema, resume_from / ema_file)

@@ -1,18 +1,29 @@
 """Checkpoints a crash can never half-write: DeepSpeed saves into `step-N.partial/`, every rank
 adds its RNG state, then rank 0 writes `lego-state.json` and renames the folder to `step-N/`.
 Resume takes the newest folder that has `lego-state.json`; partial folders are swept away.
+
+A run resumed from an older checkpoint (`--resume RUN/checkpoints/step-1000` while step-3000
+exists) would save over, prune, and later auto-resume from the abandoned line's checkpoints; so
+those newer ones are moved to `checkpoints/superseded/` first (never deleted: they are the user's).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
+from lego_core.errors import BadInput
+
+log = logging.getLogger("lego.engine")
+
 _STEP = re.compile(r"^step-(\d+)$")
+SUPERSEDED = "superseded"
 
 
 def complete_checkpoints(folder: str | Path) -> list[Path]:
@@ -49,6 +60,68 @@ def prepare_run(run: str | Path, *, overwrite: bool, outputs: tuple[str, ...]) -
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     sweep_partial(run / "checkpoints")
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a finished checkpoint was saved at (its `lego-state.json`)."""
+    return int(json.loads((Path(path) / "lego-state.json").read_text())["step"])
+
+
+def _move_aside(folder: Path, paths: list[Path], why: str) -> Path:
+    """Move `paths` (checkpoints in `folder`) into a new `folder/superseded/<why>-<time>/`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = folder / SUPERSEDED / f"{why}-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = folder / SUPERSEDED / f"{why}-{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for p in paths:
+        os.replace(p, dest / p.name)
+    return dest
+
+
+def supersede_newer(folder: str | Path, resume: str | Path) -> Path | None:
+    """Rank 0, before training from `resume`: move the finished checkpoints in `folder` saved at a
+    later step than `resume` aside (returns where, or None when there were none). Otherwise the
+    resumed run would collide with them at its first save, keep-K (which sorts by step) would
+    delete its own new checkpoints, and the next auto-resume would pick the abandoned line."""
+    folder, resume = Path(folder), Path(resume)
+    step = checkpoint_step(resume)
+    newer = [p for p in complete_checkpoints(folder)
+             if int(_STEP.match(p.name).group(1)) > step and p.resolve() != resume.resolve()]
+    if not newer:
+        return None
+    dest = _move_aside(folder, newer, f"after-{resume.name}")
+    log.warning("resuming from %s, older than %s: moved %s to %s (delete them when no longer needed)",
+                resume, newer[-1].name, ", ".join(p.name for p in newer), dest)
+    return dest
+
+
+def start_run(run: str | Path, *, rank: int, overwrite: bool, outputs: tuple[str, ...],
+              resume: str | Path | None) -> Path | None:
+    """What both trainers do before training, on every rank (a collective call): check `resume`
+    (--resume), then on rank 0 `prepare_run` and, when resuming from a checkpoint older than the
+    run's newest, `supersede_newer`. Returns the checkpoint to resume from: `resume`, else the
+    run's newest, else None (a fresh start)."""
+    import torch.distributed as dist
+
+    run = Path(run)
+    folder = run / "checkpoints"
+    if resume is not None:
+        resume = Path(resume)
+        # every rank checks, so they all fail alike rather than some waiting at the barrier
+        if not (resume / "lego-state.json").is_file():
+            raise BadInput(f"--resume {resume}: not a finished checkpoint (no lego-state.json)")
+        if overwrite and folder.resolve() in resume.resolve().parents:
+            raise BadInput(f"--resume {resume} is inside {folder}, which --overwrite removes")
+    if rank == 0:
+        prepare_run(run, overwrite=overwrite, outputs=outputs)
+        if resume is not None:
+            supersede_newer(folder, resume)
+    if dist.is_initialized():
+        dist.barrier()
+    return resume if resume is not None else latest_checkpoint(folder)
 
 
 def rng_state() -> dict:
@@ -92,8 +165,15 @@ def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank:
     final = folder / tag
     if rank == 0:
         (partial / "lego-state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+        if final.exists():
+            # start_run moves a newer line aside, so this takes two runs writing one folder, or a
+            # hand-made copy; os.replace onto a non-empty folder would fail, and rank 0 alone, with
+            # the other ranks left waiting at the barrier below
+            dest = _move_aside(folder, [final], f"replaced-{tag}")
+            log.warning("%s already existed: moved to %s", final, dest)
         os.replace(partial, final)
-        for old in complete_checkpoints(folder)[:-keep] if keep > 0 else []:
+        # keep-K by step; never the checkpoint just saved, even if a stray newer one is there
+        for old in [p for p in complete_checkpoints(folder)[:-keep] if p != final] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from lego_core.errors import BadInput
+
+log = logging.getLogger("lego.engine")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -33,21 +36,56 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def deepspeed_config(opts: EngineOptions, world_size: int) -> dict:
+def _auto_values(node, path: str = ""):
+    """Key paths ("zero_optimization.stage", "a[2].b") whose value is the string "auto"."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _auto_values(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _auto_values(value, f"{path}[{i}]")
+    elif node == "auto":
+        yield path
+
+
+def _user_config(opts: EngineOptions, world_size: int | None) -> dict:
+    path = Path(opts.deepspeed_config)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInput(f"cannot read DeepSpeed config {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise BadInput(f"{path}: a DeepSpeed config is a JSON object, not {type(config).__name__}")
+    # Only values that *are* "auto" (HF's placeholders): a key such as "autotuning" or a path with
+    # "auto" in it is fine.
+    autos = list(_auto_values(config))
+    if autos:
+        more = f" (and {len(autos) - 1} more)" if len(autos) > 1 else ""
+        raise BadInput(f"{path}: {autos[0]} is \"auto\"{more}, which only HF integrations fill in; write a value")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise BadInput(f"{path}: {key} must be an integer >= 1, not {value!r}")
+    config.setdefault("train_micro_batch_size_per_gpu", opts.micro_batch)
+    config.setdefault("gradient_accumulation_steps", opts.grad_accum)
+    # The global batch follows from the two above and the world size, which may change between
+    # runs (a resume on more GPUs); DeepSpeed would refuse a stale one, so it is dropped, with a
+    # word when it disagrees with what the run will use.
+    global_batch = config.pop("train_batch_size", None)
+    if global_batch is not None and world_size is not None:
+        used = config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * world_size
+        if global_batch != used:
+            log.warning("%s: train_batch_size %s ignored; the batch is train_micro_batch_size_per_gpu x "
+                        "gradient_accumulation_steps x %d ranks = %d", path, global_batch, world_size, used)
+    return config
+
+
+def deepspeed_config(opts: EngineOptions, world_size: int | None) -> dict:
     """The DeepSpeed config dict. A user file wins whole; "auto" values only work through HF
-    integrations, so they are refused with a clear message rather than failing deep inside."""
+    integrations, so they are refused with a clear message rather than failing deep inside.
+    `world_size` None: not known yet (a check before launch). The trainers call `engine_config`."""
     if opts.deepspeed_config:
-        path = Path(opts.deepspeed_config)
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise BadInput(f"cannot read DeepSpeed config {path}: {e}") from None
-        if "auto" in json.dumps(config):
-            raise BadInput(f"{path} has \"auto\" values, which only HF integrations fill in; write numbers")
-        config.setdefault("train_micro_batch_size_per_gpu", opts.micro_batch)
-        config.setdefault("gradient_accumulation_steps", opts.grad_accum)
-        config.pop("train_batch_size", None)
-        return config
+        return _user_config(opts, world_size)
     if opts.zero_stage not in (0, 1, 2, 3):
         raise BadInput(f"--zero must be 0, 1, 2 or 3, not {opts.zero_stage}")
     precision = resolve_precision(opts.precision)
@@ -72,6 +110,38 @@ def deepspeed_config(opts: EngineOptions, world_size: int) -> dict:
         config["bf16"] = {"enabled": True}
     elif precision == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return config
+
+
+def _offloaded(section) -> bool:
+    """Whether a ZeRO offload section sends something off the GPU (DeepSpeed's default: "none")."""
+    return isinstance(section, dict) and section.get("device", "none") not in (None, "none")
+
+
+def engine_config(opts: EngineOptions, world_size: int) -> dict:
+    """`deepspeed_config`, with `opts` brought in line with it, in place: a --deepspeed file wins
+    over the flags, and the trainers' loop, DataLoader and step count read `opts`. Were they to
+    keep the flags' micro batch and accumulation while DeepSpeed uses the file's, DeepSpeed would
+    step the optimizer every few loop steps and checkpoints would land mid-accumulation."""
+    config = deepspeed_config(opts, world_size)
+    if not opts.deepspeed_config:
+        return config
+    zero = config.get("zero_optimization") or {}
+    resolved = {
+        "micro_batch": config["train_micro_batch_size_per_gpu"],
+        "grad_accum": config["gradient_accumulation_steps"],
+        # what the saved train/tune-config.json should say, and what `lego train` reads to let
+        # DeepSpeed offload its torch optimizer
+        "zero_stage": zero.get("stage", 0),
+        "offload_optimizer": _offloaded(zero.get("offload_optimizer")),
+        "offload_params": _offloaded(zero.get("offload_param")),
+    }
+    changed = {k: (getattr(opts, k), v) for k, v in resolved.items() if getattr(opts, k) != v}
+    for key, value in resolved.items():
+        setattr(opts, key, value)
+    if changed:
+        log.warning("%s wins over the flags: %s", opts.deepspeed_config,
+                    ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
     return config
 
 

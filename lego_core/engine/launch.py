@@ -4,11 +4,14 @@ and SLURM's srun, turned into the RANK/WORLD_SIZE/MASTER_* variables torch.distr
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 from dataclasses import dataclass
 from typing import Mapping
+
+log = logging.getLogger("lego.engine")
 
 
 @dataclass(frozen=True)
@@ -36,32 +39,64 @@ def free_port() -> int:
 
 
 def slurm_head_node(nodelist: str) -> str:
-    """The first host of a SLURM node list: "gpu[03-05,09],cpu1" -> "gpu03" (what `scontrol show
-    hostnames | head -1` prints), without needing scontrol on the compute node."""
-    first = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if not first:
+    """The first host of a SLURM node list, what `scontrol show hostnames | head -1` prints, without
+    needing scontrol on the compute node: "gpu[03-05,09],cpu1" -> "gpu03", "node[1-2]-ib" ->
+    "node1-ib", "rack[1-2]-node[01-04]" -> "rack1-node01". Commas inside brackets separate ranges,
+    not hosts, so the list is split at top-level commas only; each bracket group of the first host
+    becomes its first value, as written (zero padding kept)."""
+    depth, first = 0, ""
+    for ch in nodelist.strip():
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            break
+        if depth < 0 or depth > 1:
+            raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+        first += ch
+    if depth != 0:
         raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
-    prefix, _, ranges = first.groups()
-    if not ranges:
-        return prefix
-    start = ranges.split(",")[0].split("-")[0]
-    return prefix + start
+    host = re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0].strip(), first).strip()
+    if not host or any(c in host for c in "[] "):
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    return host
+
+
+# Slurm's step ids for the batch script, the extern step (pam_slurm_adopt), an interactive salloc
+# step and a pending step are all 0xFFFFFFFx; ordinary srun steps count up from 0.
+_SLURM_SPECIAL_STEP = 0xFFFFFFF0
+
+
+def _srun_step(env: Mapping[str, str]) -> bool:
+    """Whether this process is a task that srun launched. sbatch's batch step also has
+    SLURM_PROCID=0 and SLURM_NTASKS=N (the job's), but it is one process: taking it for rank 0 of N
+    would wait forever for N-1 ranks that never start. srun sets SLURM_STEP_ID (and the obsolete
+    SLURM_STEPID) to the step's number; the batch, extern and interactive steps have none, a name,
+    or one of the special values."""
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", "")).strip()
+    return step.isascii() and step.isdigit() and int(step) < _SLURM_SPECIAL_STEP
 
 
 def detect_launch(environ: Mapping[str, str] | None = None) -> DistEnv:
     """Read the launcher's variables. torchrun and the deepspeed launcher set RANK & co. (also
-    inside srun, where they win); srun alone sets SLURM_PROCID/NTASKS/LOCALID; else one process."""
+    inside srun, where they win); srun alone sets SLURM_PROCID/NTASKS/LOCALID in a job step; else
+    (a plain `lego` in an sbatch script, among others) one process."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in env else "deepspeed"
         return DistEnv(launcher, int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 and _srun_step(env):
         job = int(env.get("SLURM_JOB_ID", "0"))
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
         return DistEnv("slurm", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                        env.get("MASTER_ADDR") or slurm_head_node(nodelist),
                        int(env.get("MASTER_PORT") or 20000 + job % 20000))
+    if int(env.get("SLURM_NTASKS") or 1) > 1:
+        log.warning("SLURM_NTASKS=%s but this is not an srun task (the job's batch script?): running as one "
+                    "process; start the ranks with srun or torchrun (see scripts/slurm/train.sbatch)",
+                    env["SLURM_NTASKS"])
     return DistEnv("single", 0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT") or free_port()))
 
 

@@ -383,7 +383,7 @@ def check_config(cfg: TuneConfig) -> None:
         raise BadInput("--batch-size and --grad-accum must be >= 1")
     from lego_core.engine.config import deepspeed_config
 
-    deepspeed_config(cfg.engine, 1)               # ZeRO / offload / --deepspeed file problems: now, in one line
+    deepspeed_config(cfg.engine, None)            # ZeRO / offload / --deepspeed file problems: now, in one line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,24 +415,22 @@ def tune(cfg: TuneConfig) -> Path | None:
 def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, device) -> Path | None:
     import deepspeed
     import torch
-    import torch.distributed as dist
     from transformers import get_cosine_schedule_with_warmup
 
     from lego_core.data.schema import CURATED, INPUT, META
     from lego_core.data.shards import SkipStats, make_dataset
     from lego_core.engine import checkpoint as ckpt
-    from lego_core.engine.config import deepspeed_config, precision_dtype
+    from lego_core.engine.config import engine_config, precision_dtype
     from lego_core.engine.logger import RunLogger
     from lego_core.engine.stream import batch_stream
     from lego_core.vllm.templates import tuning_question
 
     ckpt_dir = run / "checkpoints"
-    if rank == 0:
-        ckpt.prepare_run(run, overwrite=cfg.overwrite, outputs=("checkpoints", "model", "log.jsonl", "tensorboard"))
-    dist.barrier()
+    resume_from = ckpt.start_run(run, rank=rank, overwrite=cfg.overwrite, resume=cfg.resume,
+                                 outputs=("checkpoints", "model", "log.jsonl", "tensorboard"))
 
     torch.manual_seed(cfg.seed + rank)
-    ds_config = deepspeed_config(cfg.engine, world)
+    ds_config = engine_config(cfg.engine, world)     # a --deepspeed file's batch / accumulation win
     dtype = precision_dtype(ds_config)
     if rank != 0 or not cfg.progress:
         from transformers.utils import logging as hf_logging
@@ -453,11 +451,8 @@ def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, de
                                            config=ds_config, model_parameters=params)
     zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
 
-    resume_from = Path(cfg.resume) if cfg.resume else ckpt.latest_checkpoint(ckpt_dir)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     if resume_from is not None:
-        if not (resume_from / "lego-state.json").is_file():
-            raise BadInput(f"--resume {resume_from}: not a finished checkpoint (no lego-state.json)")
         state.update(ckpt.load_checkpoint(engine, resume_from, rank=rank))
     start = int(state["step"])
     logger = RunLogger(run, enabled=rank == 0, total_steps=total, start_step=start, progress=cfg.progress,
