@@ -288,3 +288,92 @@ def test_slurm_head_node(nodelist, head):
 def test_slurm_head_node_refuses_what_it_cannot_read(nodelist):
     with pytest.raises(ValueError):
         slurm_head_node(nodelist)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Each rank resumes at its own data position
+
+class FakeLoadingEngine(FakeEngine):
+    def load_checkpoint(self, folder, tag):
+        return None, {"lego": {}}
+
+
+def test_each_rank_saves_and_loads_its_own_data_position(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    final = ckpt.save_checkpoint(FakeLoadingEngine(), folder, 9, {}, rank=0, keep=0,
+                                 position={"epoch": 1, "batches_in_epoch": 3})
+    # rank 1's file, as the second rank of a 1-rank world would not write it: by hand
+    (final / "data-rank1.json").write_text(json.dumps({"rank": 1, "world_size": 1, "epoch": 2,
+                                                       "batches_in_epoch": 1}))
+    assert json.loads((final / "lego-state.json").read_text()) == {"step": 9, "world_size": 1}
+    state = ckpt.load_checkpoint(FakeLoadingEngine(), final, rank=0)
+    assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (9, 1, 3)
+    assert ckpt.data_position(final, rank=1, world_size=1) == {"epoch": 2, "batches_in_epoch": 1}
+    assert not caplog.records
+    # another world size: every rank starts the epoch after the latest any rank was in, with a warning
+    with caplog.at_level(logging.WARNING, logger="lego.engine"):
+        assert ckpt.data_position(final, rank=0, world_size=2) == {"epoch": 3, "batches_in_epoch": 0}
+        assert ckpt.data_position(final, rank=3, world_size=2) == {"epoch": 3, "batches_in_epoch": 0}
+    assert "saved by 1 rank(s), this run has 2" in caplog.text and "no data position for rank 3" in caplog.text
+    # a checkpoint from before per-rank positions (rank 0's in lego-state.json only)
+    (final / "data-rank0.json").unlink()
+    (final / "data-rank1.json").unlink()
+    (final / "lego-state.json").write_text(json.dumps({"step": 9, "epoch": 4, "batches_in_epoch": 2}))
+    state = ckpt.load_checkpoint(FakeLoadingEngine(), final, rank=0)
+    assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (9, 5, 0)
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    """The enriched samples in shards of 10, 2, 8 and 2: without shuffling rank 0 reads 18 samples
+    an epoch (shards 0 and 2), rank 1 only 4 (shards 1 and 3), so at one step they are at different
+    epochs and batches."""
+    from lego_core.data.shards import ShardWriter, iter_samples
+
+    out = tmp_path_factory.mktemp("uneven")
+    samples = []
+    for s in iter_samples([str(REPO / "shards")]):
+        meta = json.loads(s["meta.json"])
+        s = {k: v for k, v in s.items() if not k.startswith("__url")}
+        s["enriched.txt"] = f"Hold the {meta['noun'] or 'object'} and {meta['label']}."
+        samples.append(s)
+    assert len(samples) == 22
+    start = 0
+    for i, n in enumerate((10, 2, 8, 2)):
+        with ShardWriter(str(out / f"u{i}-%06d.tar"), max_samples=n) as w:
+            for s in samples[start:start + n]:
+                w.write(s)
+        start += n
+    return out
+
+
+def test_two_ranks_resume_each_at_its_own_data_position(base, uneven, tmp_path):
+    """Stopped at step 3 (rank 0 at epoch 0 batch 3 of 9, rank 1 at epoch 1 batch 1 of 2) and
+    resumed, each rank trains on exactly the samples an uninterrupted run does."""
+    import os
+    import subprocess
+    import sys
+
+    from lego_core.engine.launch import free_port
+
+    def train(run: Path, steps: int):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "lego_cli.main", "-q", "train", str(uneven), "--base", str(base),
+               "--out", str(run), *map(str, TRAIN), "--max-steps", str(steps), "--checkpoint-every", "3",
+               "--record-keys", "--shuffle-buffer", "0"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    train(tmp_path / "whole", 6)
+    train(tmp_path / "resumed", 3)
+    positions = [json.loads((tmp_path / "resumed" / "checkpoints" / "step-00000003" / f"data-rank{r}.json")
+                            .read_text()) for r in (0, 1)]
+    assert [(p["epoch"], p["batches_in_epoch"], p["world_size"]) for p in positions] == [(0, 3, 2), (1, 1, 2)]
+    train(tmp_path / "resumed", 6)
+    resume = [e for e in events(tmp_path / "resumed") if e.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["step"] == 3
+    for r in (0, 1):
+        whole = (tmp_path / "whole" / f"keys-rank{r}.txt").read_text().splitlines()
+        resumed = (tmp_path / "resumed" / f"keys-rank{r}.txt").read_text().splitlines()
+        assert len(whole) == 6 * 2 and resumed == whole, r

@@ -277,7 +277,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
             _validate(cfg, step_fn, pipe, engine, run, step, logger, rank, zero3)
         if step % cfg.checkpoint_every == 0 or step == total:
             extra = {ema_file: ema.state_dict()} if ema is not None else None
-            ckpt.save_checkpoint(engine, ckpt_dir, step, {"epoch": epoch, "batches_in_epoch": in_epoch},
+            ckpt.save_checkpoint(engine, ckpt_dir, step, {}, position={"epoch": epoch, "batches_in_epoch": in_epoch},
                                  rank=rank, keep=cfg.keep_checkpoints, extra=extra, every_rank=zero3)
             logger.event("checkpoint", step=step)
     if keys_out is not None:

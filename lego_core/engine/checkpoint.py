@@ -1,6 +1,8 @@
 """Checkpoints a crash can never half-write: DeepSpeed saves into `step-N.partial/`, every rank
-adds its RNG state, then rank 0 writes `lego-state.json` and renames the folder to `step-N/`.
-Resume takes the newest folder that has `lego-state.json`; partial folders are swept away.
+adds its RNG state and its data position (`data-rank{R}.json`: each rank reads its own shards, so
+ranks are at different points of their streams), then rank 0 writes `lego-state.json` (the step)
+and renames the folder to `step-N/`. Resume takes the newest folder that has `lego-state.json`;
+partial folders are swept away.
 
 A run resumed from an older checkpoint (`--resume RUN/checkpoints/step-1000` while step-3000
 exists) would save over, prune, and later auto-resume from the abandoned line's checkpoints; so
@@ -146,17 +148,24 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank: int, keep: int,
-                    extra: dict | None = None, every_rank: bool = False) -> Path:
-    """Save on every rank (a collective call); returns the final folder. `extra` (file name →
-    object) is written by rank 0, or by every rank when `every_rank` (its names must then differ)."""
+                    position: dict | None = None, extra: dict | None = None, every_rank: bool = False) -> Path:
+    """Save on every rank (a collective call); returns the final folder. `state` (rank 0's) goes
+    into `lego-state.json`; `position` (this rank's data position, `epoch` and `batches_in_epoch`)
+    into `data-rank{R}.json`, with the world size. `extra` (file name → object) is written by
+    rank 0, or by every rank when `every_rank` (its names must then differ)."""
     import torch
     import torch.distributed as dist
 
     folder = Path(folder)
     tag = f"step-{step:08d}"
     partial = folder / f"{tag}.partial"
+    world = dist.get_world_size() if dist.is_initialized() else 1
     engine.save_checkpoint(str(folder), tag=f"{tag}.partial", client_state={"lego": state}, save_latest=False)
     torch.save(rng_state(), partial / f"rng-rank{rank}.pt")
+    if position is not None:
+        (partial / f"data-rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "world_size": world, "epoch": int(position["epoch"]),
+             "batches_in_epoch": int(position["batches_in_epoch"])}))
     if extra and (rank == 0 or every_rank):
         for name, obj in extra.items():
             torch.save(obj, partial / name)
@@ -164,7 +173,7 @@ def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank:
         dist.barrier()
     final = folder / tag
     if rank == 0:
-        (partial / "lego-state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+        (partial / "lego-state.json").write_text(json.dumps({"step": step, "world_size": world, **state}, indent=1))
         if final.exists():
             # start_run moves a newer line aside, so this takes two runs writing one folder, or a
             # hand-made copy; os.replace onto a non-empty folder would fail, and rank 0 alone, with
@@ -180,13 +189,39 @@ def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank:
     return final
 
 
+def data_position(path: str | Path, *, rank: int, world_size: int) -> dict:
+    """This rank's data position (`epoch`, `batches_in_epoch`) in the checkpoint `path`. Where the
+    checkpoint has none for it (written before positions were per rank, or by fewer ranks) or was
+    written with another world size (the ranks' shards differ), the rank starts a new epoch: one
+    past the latest any rank recorded (so it repeats none of the samples it may have seen), with
+    a warning."""
+    path = Path(path)
+    mine = path / f"data-rank{rank}.json"
+    if mine.is_file():
+        pos = json.loads(mine.read_text())
+        if int(pos.get("world_size", -1)) == world_size:
+            return {"epoch": int(pos["epoch"]), "batches_in_epoch": int(pos["batches_in_epoch"])}
+        why = f"it was saved by {pos.get('world_size')} rank(s), this run has {world_size}"
+    else:
+        why = f"it has no data position for rank {rank}"
+    epochs = [int(json.loads(p.read_text()).get("epoch", 0)) for p in path.glob("data-rank*.json")]
+    epochs.append(int(json.loads((path / "lego-state.json").read_text()).get("epoch", 0)))
+    epoch = max(epochs) + 1
+    log.warning("%s: %s; rank %d starts a new epoch (%d) instead of resuming mid-epoch", path, why, rank, epoch)
+    return {"epoch": epoch, "batches_in_epoch": 0}
+
+
 def load_checkpoint(engine, path: str | Path, *, rank: int) -> dict:
-    """Restore model, optimizer, LR scheduler (DeepSpeed) and this rank's RNG; returns our state."""
+    """Restore model, optimizer, LR scheduler (DeepSpeed) and this rank's RNG; returns our state
+    with this rank's data position (`data_position`)."""
     import torch
+    import torch.distributed as dist
 
     path = Path(path)
     _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
     rng = path / f"rng-rank{rank}.pt"
     if rng.is_file():
         set_rng_state(torch.load(rng, weights_only=False))
-    return json.loads((path / "lego-state.json").read_text()) | (client or {}).get("lego", {})
+    state = json.loads((path / "lego-state.json").read_text()) | (client or {}).get("lego", {})
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return state | data_position(path, rank=rank, world_size=world)

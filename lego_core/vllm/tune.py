@@ -518,7 +518,7 @@ def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, de
         logger.step(step, loss=loss_sum, lr=lr, tokens_per_s=tokens * world / max(elapsed, 1e-9),
                     epoch=epoch)
         if step % cfg.checkpoint_every == 0 or step == total:
-            ckpt.save_checkpoint(engine, ckpt_dir, step, {"epoch": epoch, "batches_in_epoch": in_epoch},
+            ckpt.save_checkpoint(engine, ckpt_dir, step, {}, position={"epoch": epoch, "batches_in_epoch": in_epoch},
                                  rank=rank, keep=cfg.keep_checkpoints)
             logger.event("checkpoint", step=step)
     if stats.total and rank == 0:
