@@ -128,7 +128,7 @@ def test_overfits_a_fixed_batch_and_trains_the_conditioner(base, enriched):
         engine, *_ = deepspeed.initialize(model=denoiser, optimizer=opt, model_parameters=params,
                                           config=deepspeed_config(cfg.engine, 1))
         step = DiffusionStep(pipe, engine, torch.float32, "cpu", cfg)
-        decode = DecodeSample("description+joint", 64, flip=False)
+        decode = DecodeSample("description+joint", 64)
         batch = collate([decode(s) for _, s in zip(range(4), iter_samples([str(enriched)]))])
         losses = []
         for i in range(30):
@@ -293,3 +293,90 @@ def test_kill_9_then_rerun_resumes_at_the_last_checkpoint(base, enriched, tmp_pa
     gen = run_cli("generate", REPO / "tests" / "data" / "frame.jpg", "cut onion", "--model", run / "model",
                   "-o", tmp_path / "g.png", "--steps", "1", "--size", "64")
     assert gen.exit_code == 0, gen.output
+
+
+def _cache_counts(paths):
+    return [len(list(iter_samples([str(p)]))) for p in paths]
+
+
+def test_latent_cache_mirrors_input_shards_and_trains_on_two_ranks(base, enriched, tmp_path):
+    """One cache shard per input shard (same samples), so 4 shards still split across 2 ranks;
+    the ranks share the encoding and train on disjoint samples."""
+    from lego_core.engine.launch import free_port
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "lego_cli.main", "-q", "train", str(enriched), "--base", str(base), "--out", str(run),
+           "--max-steps", "2", *FAST, "--cache-latents", "--record-keys", "--shuffle-buffer", "0",
+           "--checkpoint-every", "2", "--conditioning", "description", "--no-ema"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inputs = sorted(enriched.glob("*.tar"))
+    cache = sorted((run / "latents").glob("*.tar"))
+    assert [p.name for p in cache] == [f"latents-{i:06d}.tar" for i in range(len(inputs))]
+    assert _cache_counts(cache) == _cache_counts(inputs) == [6, 6, 6, 4]
+    assert [[s["__key__"] for s in iter_samples([str(p)])] for p in cache] == \
+        [[s["__key__"] for s in iter_samples([str(p)])] for p in inputs]
+    assert not [p for p in (run / "latents").iterdir() if ".tmp-" in p.name]
+    seen = [{line.split()[1] for line in (run / f"keys-rank{r}.txt").read_text().splitlines()} for r in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_latent_cache_rebuilds_when_the_run_changes_and_resumes_when_not(base, enriched, tmp_path, caplog):
+    from lego_core.diffusion.latents import cache_latents
+
+    shards = [str(p) for p in sorted(enriched.glob("*.tar"))]
+    out = str(tmp_path / "latents" / "latents-%06d.tar")
+    first = cache_latents(shards, base, out, resolution=64, progress=False)
+    assert np.load(io.BytesIO(next(iter_samples(first))["input_latent.npy"])).shape == (4, 8, 8)
+    assert json.loads((tmp_path / "latents" / "manifest.json").read_text())["resolution"] == 64
+
+    # killed mid-pass: shard 2 missing, a temp left; the rerun writes only shard 2
+    mtimes = {p: os.stat(p).st_mtime_ns for p in first}
+    os.remove(first[2])
+    (tmp_path / "latents" / ".latents-000002.tar.tmp-999999").write_bytes(b"half")
+    again = cache_latents(shards, base, out, resolution=64, progress=False)
+    assert again == first and _cache_counts(again) == [6, 6, 6, 4]
+    assert [os.stat(p).st_mtime_ns == mtimes[p] for p in first] == [True, True, False, True]
+    assert not list((tmp_path / "latents").glob(".*tmp-*"))
+
+    # another resolution: rebuilt, with a warning
+    with caplog.at_level("WARNING", logger="lego.latents"):
+        small = cache_latents(shards, base, out, resolution=32, progress=False)
+    assert "rebuilding" in caplog.text and "resolution" in caplog.text
+    assert {np.load(io.BytesIO(s["input_latent.npy"])).shape for s in iter_samples(small)} == {(4, 4, 4)}
+
+    # fewer inputs: only their cache shards, only their samples
+    one = cache_latents(shards[:1], base, out, resolution=32, progress=False)
+    assert len(one) == 1 and sorted((tmp_path / "latents").glob("*.tar")) == [Path(one[0])]
+    assert [s["__key__"] for s in iter_samples(one)] == [s["__key__"] for s in iter_samples(shards[:1])]
+
+    # overwrite: wiped and rebuilt even though nothing changed
+    stray = tmp_path / "latents" / "latents-000099.tar"
+    stray.write_bytes(b"")
+    before = os.stat(one[0]).st_mtime_ns
+    cache_latents(shards[:1], base, out, resolution=32, progress=False, overwrite=True)
+    assert not stray.exists() and os.stat(one[0]).st_mtime_ns != before
+
+
+def test_train_overwrite_clears_the_cache_and_a_smaller_input_set_trains_on_its_own_keys(base, enriched, tmp_path):
+    from lego_core.diffusion.latents import cache_latents
+
+    run = tmp_path / "run"
+    shards = [str(p) for p in sorted(enriched.glob("*.tar"))]
+    cache_latents(shards, base, str(run / "latents" / "latents-%06d.tar"), resolution=64, progress=False)
+    stray = run / "latents" / "latents-000099.tar"
+    stray.write_bytes(b"")
+    args = ["-q", "train", shards[0], "--base", base, "--out", run, "--max-steps", "3", *FAST, "--cache-latents",
+            "--record-keys", "--shuffle-buffer", "0", "--conditioning", "description", "--no-ema"]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    own = {s["__key__"] for s in iter_samples(shards[:1])}
+    trained = {line.split()[1] for line in (run / "keys-rank0.txt").read_text().splitlines()}
+    assert trained == own                                    # 3 steps x 2 = the 6 samples of shard 0
+    assert sorted(p.name for p in (run / "latents").glob("*.tar")) == ["latents-000000.tar"]
+
+    stray.write_bytes(b"")
+    before = os.stat(run / "latents" / "latents-000000.tar").st_mtime_ns
+    assert run_cli(*args, "--overwrite").exit_code == 0
+    assert not stray.exists() and os.stat(run / "latents" / "latents-000000.tar").st_mtime_ns != before

@@ -5,9 +5,9 @@ Stages are module-level classes so the pipeline pickles into spawned workers.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import random
 
 import numpy as np
 import torch
@@ -51,15 +51,14 @@ def image_tensor(data: bytes, resolution: int) -> torch.Tensor:
 
 
 class DecodeSample:
-    """Raw sample -> dict of tensors; X and Y are flipped together (same random choice)."""
+    """Raw sample -> dict of tensors (unflipped: `flip_batch` mirrors them in the trainer)."""
 
-    def __init__(self, conditioning: str, resolution: int = 256, flip: bool = True, cached_latents: bool = False,
+    def __init__(self, conditioning: str, resolution: int = 256, cached_latents: bool = False,
                  max_text_tokens: int = 77):
-        self.conditioning, self.resolution, self.flip = conditioning, resolution, flip
+        self.conditioning, self.resolution = conditioning, resolution
         self.cached, self.max_text_tokens = cached_latents, max_text_tokens
 
     def __call__(self, sample: dict) -> dict:
-        flip = self.flip and random.random() < 0.5
         out = {"key": sample["__key__"], "text": description_of(sample, self.conditioning)}
         if self.cached:
             out["input_latent"] = torch.from_numpy(np.load(io.BytesIO(sample[INPUT_LATENT])).astype(np.float32))
@@ -67,16 +66,28 @@ class DecodeSample:
         else:
             out["input"] = image_tensor(sample[INPUT], self.resolution)
             out["target"] = image_tensor(sample[TARGET], self.resolution)
-        if flip:
-            for k in ("input", "target", "input_latent", "target_latent"):
-                if k in out:
-                    out[k] = torch.flip(out[k], dims=[-1])
         if uses_image_embeds(self.conditioning):
             out["vllm_img"] = torch.from_numpy(np.load(io.BytesIO(sample[VLLM_IMG])).astype(np.float32))
         if uses_text_embeds(self.conditioning):
             h_t = np.load(io.BytesIO(sample[VLLM_TXT]))[: self.max_text_tokens]
             out["vllm_txt"] = torch.from_numpy(h_t.astype(np.float32))
         return out
+
+
+def flip_coin(seed: int, epoch: int, key: str) -> bool:
+    """Whether a sample is mirrored in an epoch: fixed by (seed, epoch, key), so a resumed run, any
+    number of DataLoader workers and a rerun all flip exactly as one uninterrupted run."""
+    return hashlib.sha256(f"lego-flip-{seed}-{epoch}-{key}".encode()).digest()[0] < 128
+
+
+def flip_batch(batch: dict, seed: int, epoch: int) -> dict:
+    """Mirror (horizontally) the samples `flip_coin` picks: X and Y together, pixels or latents."""
+    rows = [i for i, key in enumerate(batch["key"]) if flip_coin(seed, epoch, key)]
+    if rows:
+        for name in ("input", "target", "input_latent", "target_latent"):
+            if name in batch:
+                batch[name][rows] = torch.flip(batch[name][rows], dims=[-1])
+    return batch
 
 
 class DecodeStage:

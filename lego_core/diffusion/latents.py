@@ -5,22 +5,218 @@ encoder (the VAE encode costs about 1.5 UNet forwards at SD-1.5's sizes).
 `target_latent.npy` holds Y's latent distribution (mean and log-variance stacked on the channel
 axis), so training still draws a fresh sample each step exactly as when encoding on the fly. With
 cached latents the random horizontal flip is applied to the latents instead of the pixels.
+
+Layout: one cache shard per input shard, with the same samples (``latents-%06d.tar`` for the
+i-th input shard), so the cache splits across ranks exactly as the inputs do. ``manifest.json``
+next to the shards records what the cache was built from (the input shards with their sizes and
+mtimes, the resolution, the VAE, the cache format version); when any of it differs from the
+current run the cache is wiped and rebuilt. A finished cache shard is complete (written to a temp
+file and renamed), so a killed pass resumes at the first unfinished shard.
+
+Several ranks share the work: rank 0 checks the manifest (and wipes the cache when it is stale),
+then each rank encodes the input shards ``i`` with ``i % world_size == rank`` into its own files,
+and all wait for each other before training. The cache folder must be visible to every rank (a
+shared file system on multi-node runs, as for the checkpoints).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
+import os
+import re
+import tarfile
+from datetime import timedelta
+from typing import Callable
 
 import numpy as np
 import torch
 
 log = logging.getLogger("lego.latents")
 
+CACHE_VERSION = 2          # bump when the cache's contents change
+MANIFEST = "manifest.json"
+
+
+def _is_local(url: str) -> bool:
+    return os.path.isfile(url)
+
+
+def _input_identity(url: str) -> dict:
+    if not _is_local(url):
+        return {"url": url}
+    st = os.stat(url)
+    return {"url": os.path.abspath(url), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def vae_identity(base: str) -> dict:
+    """The VAE's identity: where it comes from and a hash of its config (plus the weights' size and
+    mtime for a local folder)."""
+    from diffusers import AutoencoderKL
+
+    local = os.path.isdir(base)
+    ident: dict = {"base": os.path.abspath(base) if local else base}
+    try:
+        config = dict(AutoencoderKL.load_config(base, subfolder="vae"))
+    except Exception as e:     # no config found: from_pretrained will say so when it is needed
+        log.debug("no VAE config for %s: %s", base, e)
+        config = {}
+    config = {k: v for k, v in config.items() if k not in ("_name_or_path",)}
+    ident["config_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    if local:
+        weights = sorted(glob.glob(os.path.join(glob.escape(base), "vae", "diffusion_pytorch_model*")))
+        ident["weights"] = [[os.path.basename(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in weights]
+    return ident
+
+
+def cache_manifest(urls: list[str], base: str, resolution: int) -> dict:
+    """What a cache built now from ``urls`` would be: compared with the cache's manifest.json."""
+    return {"version": CACHE_VERSION, "resolution": int(resolution), "vae": vae_identity(base),
+            "inputs": [_input_identity(u) for u in urls]}
+
+
+def cache_paths(out_pattern: str, n: int) -> list[str]:
+    """The cache shard of each of ``n`` input shards."""
+    from lego_core.data import shards as sh
+
+    pattern = sh.shard_pattern(out_pattern)
+    if sh._placeholder(pattern) is None:
+        raise ValueError(f"latent cache pattern {out_pattern} needs a shard index placeholder (%06d)")
+    return [sh.format_shard(pattern, i) for i in range(n)]
+
+
+def _manifest_path(out_pattern: str) -> str:
+    from lego_core.data import shards as sh
+
+    return os.path.join(os.path.dirname(sh.shard_pattern(out_pattern)) or ".", MANIFEST)
+
+
+def _read_manifest(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _wipe(out_pattern: str) -> list[str]:
+    """Delete the cache written with ``out_pattern``: finished shards, temps (of any process) and
+    the manifest. Only called while no other rank writes."""
+    from lego_core.data import shards as sh
+
+    pattern = sh.shard_pattern(out_pattern)
+    folder, rx = sh._shard_regex(pattern)
+    removed = list(sh.finished_shards(pattern))
+    if os.path.isdir(folder):
+        tmp_rx = re.compile(r"^\.(.+)\.tmp-(\d+)$")
+        for name in os.listdir(folder):
+            m = tmp_rx.match(name)
+            if m and rx.match(m.group(1)):
+                removed.append(os.path.join(folder, name))
+    manifest = _manifest_path(out_pattern)
+    if os.path.exists(manifest):
+        removed.append(manifest)
+    for p in removed:
+        os.remove(p)
+    return removed
+
+
+def prepare_cache(urls: list[str], base: str, out_pattern: str, *, resolution: int, overwrite: bool = False) -> list[str]:
+    """Make the cache folder match this run (rank 0 only, before any rank writes): keep it when its
+    manifest matches, else wipe it (with a warning) and write the new manifest. ``overwrite`` always
+    wipes. Returns the cache shard paths for ``urls``."""
+    paths = cache_paths(out_pattern, len(urls))
+    want = cache_manifest(urls, base, resolution)
+    path = _manifest_path(out_pattern)
+    have = _read_manifest(path)
+    if overwrite:
+        if _wipe(out_pattern):
+            log.info("latent cache %s: cleared (--overwrite)", os.path.dirname(path))
+    elif have != want:
+        if have is None:
+            stale = "no manifest" if _wipe(out_pattern) else None
+        else:
+            stale = "changed: " + ", ".join(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
+            _wipe(out_pattern)
+        if stale:
+            log.warning("latent cache %s does not match this run (%s): rebuilding it", os.path.dirname(path), stale)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if have != want or overwrite:
+        _write_json(path, want)
+    return paths
+
+
+def _write_empty(path: str) -> None:
+    """A shard with no samples (every sample of its input was skipped), so a rerun knows it is done."""
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT).close()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clean_temps(path: str) -> None:
+    """Remove temps a killed writer left for this one cache shard (only this rank writes it)."""
+    head, name = os.path.split(path)
+    for tmp in glob.glob(os.path.join(glob.escape(head or "."), glob.escape(f".{name}.tmp-") + "*")):
+        os.remove(tmp)
+
+
+def rank_barrier(hours: float = 24.0) -> Callable[[], None]:
+    """A barrier over all ranks of the (initialised) default process group, on a gloo group of its
+    own with a long timeout: ranks that finish their share of the cache early wait for the slowest
+    longer than the default 10-minute collective timeout allows."""
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=timedelta(hours=hours))
+    return lambda: dist.barrier(group=group)
+
 
 @torch.no_grad()
 def cache_latents(shards: list[str], base: str, out_pattern: str, *, resolution: int = 256, batch_size: int = 16,
-                  device: str | None = None, progress: bool = True) -> list[str]:
-    """Write the cache (resumable: keys already in finished shards are skipped); returns its shards."""
+                  device: str | None = None, progress: bool = True, overwrite: bool = False, rank: int = 0,
+                  world_size: int = 1, barrier: Callable[[], None] | None = None) -> list[str]:
+    """Write the cache (one cache shard per input shard; resumable: finished cache shards are
+    kept while the manifest matches); returns the cache shards of ``shards``, in their order.
+
+    With ``world_size`` > 1 every rank calls this with the same arguments and a ``barrier``: rank 0
+    prepares the folder, each rank encodes the input shards ``i % world_size == rank``, and all
+    return once the whole cache is written."""
+    from lego_core.data import shards as sh
+
+    urls = sh.expand_shards(shards)
+    if rank == 0:
+        paths = prepare_cache(urls, base, out_pattern, resolution=resolution, overwrite=overwrite)
+    else:
+        paths = cache_paths(out_pattern, len(urls))
+    if barrier is not None:
+        barrier()                  # nobody writes before rank 0 has checked (and maybe wiped) the folder
+    todo = [i for i in range(len(urls)) if i % world_size == rank and not os.path.exists(paths[i])]
+    if todo:
+        _encode(urls, paths, todo, base, resolution=resolution, batch_size=batch_size, device=device, progress=progress)
+    if barrier is not None:
+        barrier()                  # every rank's share is written
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise RuntimeError(f"latent cache incomplete: {missing[0]} missing (is {os.path.dirname(missing[0])} "
+                           "shared by all ranks?)")
+    return paths
+
+
+def _encode(urls, paths, todo, base, *, resolution, batch_size, device, progress) -> None:
     from diffusers import AutoencoderKL
     from tqdm import tqdm
 
@@ -30,33 +226,32 @@ def cache_latents(shards: list[str], base: str, out_pattern: str, *, resolution:
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae").to(device).eval()
-    pattern = sh.shard_pattern(out_pattern)
-    done, start = sh.prepare_output(pattern)
     stats = sh.SkipStats()
-    with sh.ShardWriter(pattern, start_index=start) as writer, \
-            tqdm(desc="cache latents", unit="sample", disable=not progress) as bar:
-        pending: list[dict] = []
+    with tqdm(desc="cache latents", unit="sample", disable=not progress) as bar:
+        for i in todo:
+            _clean_temps(paths[i])
+            with sh.ShardWriter(paths[i]) as writer:       # no placeholder: exactly this one file
+                pending: list[dict] = []
 
-        def flush():
-            pixels = torch.stack([image_tensor(s[f], resolution) for s in pending for f in (INPUT, TARGET)])
-            dist = vae.encode(pixels.to(device)).latent_dist
-            modes, params = dist.mode().cpu(), torch.cat([dist.mean, dist.logvar], dim=1).cpu()
-            for i, sample in enumerate(pending):
-                out = {k: v for k, v in sample.items() if not k.startswith("__url")}
-                out[INPUT_LATENT] = modes[2 * i].numpy().astype(np.float16)
-                out[TARGET_LATENT] = params[2 * i + 1].numpy().astype(np.float16)
-                writer.write(out)
-            bar.update(len(pending))
-            pending.clear()
+                def flush():
+                    pixels = torch.stack([image_tensor(s[f], resolution) for s in pending for f in (INPUT, TARGET)])
+                    dist = vae.encode(pixels.to(device)).latent_dist
+                    modes, params = dist.mode().cpu(), torch.cat([dist.mean, dist.logvar], dim=1).cpu()
+                    for j, sample in enumerate(pending):
+                        out = {k: v for k, v in sample.items() if not k.startswith("__url")}
+                        out[INPUT_LATENT] = modes[2 * j].numpy().astype(np.float16)
+                        out[TARGET_LATENT] = params[2 * j + 1].numpy().astype(np.float16)
+                        writer.write(out)
+                    bar.update(len(pending))
+                    pending.clear()
 
-        for sample in sh.iter_samples(shards, stats=stats):
-            if sample["__key__"] in done:
-                continue
-            pending.append(sample)
-            if len(pending) == batch_size:
-                flush()
-        if pending:
-            flush()
+                for sample in sh.iter_samples([urls[i]], stats=stats):
+                    pending.append(sample)
+                    if len(pending) == batch_size:
+                        flush()
+                if pending:
+                    flush()
+            if not writer.total:
+                _write_empty(paths[i])
     if stats.total:
         log.warning("latent cache: skipped %s", stats.summary())
-    return sh.finished_shards(pattern)

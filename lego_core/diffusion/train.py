@@ -191,7 +191,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
 
     from lego_core.data.shards import SkipStats, make_dataset, read_keys
     from lego_core.diffusion.build import build_from_pretrained, quiet_loading
-    from lego_core.diffusion.data import DecodeSample, DecodeStage, collate, required_fields, vllm_width_of
+    from lego_core.diffusion.data import DecodeSample, DecodeStage, collate, flip_batch, required_fields, vllm_width_of
     from lego_core.engine import checkpoint as ckpt
     from lego_core.engine.config import engine_config, precision_dtype
     from lego_core.engine.logger import RunLogger
@@ -243,8 +243,7 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
     stats = SkipStats()
     dataset = make_dataset(urls, shuffle=cfg.shuffle_buffer, resample=cfg.resample, seed=cfg.seed,
                            require=required_fields(cfg.conditioning, cfg.cached_latents), stats=stats)
-    dataset.append(DecodeStage(DecodeSample(cfg.conditioning, cfg.resolution, flip=cfg.flip,
-                                            cached_latents=cfg.cached_latents)))
+    dataset.append(DecodeStage(DecodeSample(cfg.conditioning, cfg.resolution, cached_latents=cfg.cached_latents)))
 
     def loader():
         return torch.utils.data.DataLoader(dataset, batch_size=cfg.engine.micro_batch, num_workers=cfg.workers,
@@ -260,6 +259,8 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
         loss_sum = 0.0
         for _ in range(cfg.engine.grad_accum):
             epoch, in_epoch, batch = next(batches)
+            if cfg.flip:
+                batch = flip_batch(batch, cfg.seed, epoch)
             loss = step_fn.loss(batch)
             engine.backward(loss)
             engine.step()
@@ -364,7 +365,7 @@ def _validate(cfg, step_fn, pipe, engine, run, step, logger, rank, zero3):
     from lego_core.data.shards import iter_samples
     from lego_core.diffusion.data import DecodeSample, collate, required_fields
 
-    decode = DecodeSample(cfg.conditioning, cfg.resolution, flip=False, cached_latents=cfg.cached_latents)
+    decode = DecodeSample(cfg.conditioning, cfg.resolution, cached_latents=cfg.cached_latents)
     samples = [decode(s) for _, s in zip(range(cfg.val_samples), iter_samples(
         cfg.val_shards, require=required_fields(cfg.conditioning, cfg.cached_latents)))]
     if not samples:
