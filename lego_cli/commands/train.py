@@ -76,33 +76,12 @@ def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs,
                              deepspeed_config=deepspeed_config),
     )
     if cache_latents:
-        cfg.shards = _build_cache(cfg.shards, base, out, resolution, overwrite, progress=not quiet(ctx))
+        from lego_core.diffusion.latents import cache_for_run
+
+        cfg.shards = cache_for_run(cfg.shards, base, out, resolution, overwrite, progress=not quiet(ctx))
         cfg.cached_latents = True
     model = train(cfg)
     if model is None:          # not rank 0: the main process reports
         return
     echo_result({"model": str(model), "run": out} if as_json else str(model), as_json)
 
-
-def _build_cache(shards, base, out, resolution, overwrite, *, progress):
-    """The latent cache pass, before training. On several ranks it starts the process group here
-    (train() then reuses it: DeepSpeed's init_distributed keeps an initialised group) so the ranks
-    can split the encoding by input shard and wait for each other; a failure tears it down."""
-    from lego_core.diffusion.latents import cache_latents as write_cache, rank_barrier
-    from lego_core.engine.launch import detect_launch, init_distributed
-
-    launch = detect_launch()
-    device = barrier = None
-    if launch.world_size > 1:
-        device, _ = init_distributed(launch)
-        barrier = rank_barrier()
-    try:
-        return write_cache(shards, base, f"{out}/latents/latents-%06d.tar", resolution=resolution, device=device,
-                           progress=progress and launch.rank == 0, overwrite=overwrite, rank=launch.rank,
-                           world_size=launch.world_size, barrier=barrier)
-    except BaseException:
-        if barrier is not None:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()    # not shutdown(): its barrier would wait on ranks in the cache's
-        raise

@@ -255,3 +255,27 @@ def _encode(urls, paths, todo, base, *, resolution, batch_size, device, progress
                 _write_empty(paths[i])
     if stats.total:
         log.warning("latent cache: skipped %s", stats.summary())
+
+
+def cache_for_run(shards, base, out, resolution, overwrite, *, progress):
+    """`lego train --cache-latents`: the cache pass before training, into OUT/latents. On several
+    ranks it starts the process group here (train() then reuses it: DeepSpeed's init_distributed
+    keeps an initialised group) so the ranks can split the encoding by input shard and wait for
+    each other; a failure tears it down."""
+    from lego_core.engine.launch import detect_launch, init_distributed
+
+    launch = detect_launch()
+    device = barrier = None
+    if launch.world_size > 1:
+        device, _ = init_distributed(launch)
+        barrier = rank_barrier()
+    try:
+        return cache_latents(shards, base, f"{out}/latents/latents-%06d.tar", resolution=resolution, device=device,
+                             progress=progress and launch.rank == 0, overwrite=overwrite, rank=launch.rank,
+                             world_size=launch.world_size, barrier=barrier)
+    except BaseException:
+        if barrier is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()    # not shutdown(): its barrier would wait on ranks in the cache's
+        raise
