@@ -350,6 +350,17 @@ class ShardWriter:
                 self._tar = self._file = None
 
 
+def write_empty_shard(final: str) -> None:
+    """A finished shard with no samples (every input sample was rejected), written atomically."""
+    temp = _temp_name(final)
+    with open(temp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w|gz" if final.endswith((".gz", ".tgz")) else "w|"):
+            pass
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, final)
+
+
 # --- reading --------------------------------------------------------------------------------
 
 

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 from datetime import timedelta
 from typing import Callable
 
@@ -157,17 +156,6 @@ def prepare_cache(urls: list[str], base: str, out_pattern: str, *, resolution: i
     return paths
 
 
-def _write_empty(path: str) -> None:
-    """A shard with no samples (every sample of its input was skipped), so a rerun knows it is done."""
-    head, name = os.path.split(path)
-    tmp = os.path.join(head, f".{name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT).close()
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _clean_temps(path: str) -> None:
     """Remove temps a killed writer left for this one cache shard (only this rank writes it)."""
     head, name = os.path.split(path)
@@ -252,7 +240,7 @@ def _encode(urls, paths, todo, base, *, resolution, batch_size, device, progress
                 if pending:
                     flush()
             if not writer.total:
-                _write_empty(paths[i])
+                sh.write_empty_shard(paths[i])
     if stats.total:
         log.warning("latent cache: skipped %s", stats.summary())
 

@@ -23,7 +23,6 @@ other inputs into the same --out is refused) and ``{stem}.rejects.jsonl`` (per t
 
 from __future__ import annotations
 
-from lego_core.data.shards import skipped_lines
 
 import hashlib
 import io
@@ -31,12 +30,11 @@ import json
 import logging
 import os
 import re
-import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from lego_core.data.shards import SkipStats
+from lego_core.data.shards import SkipStats, skipped_lines, write_empty_shard
 from lego_core.errors import BadInput
 
 log = logging.getLogger("lego.enrich")
@@ -183,17 +181,6 @@ def clean_temps(final: str) -> list[str]:
             os.remove(os.path.join(folder, name))
             removed.append(name)
     return removed
-
-
-def write_empty_shard(final: str) -> None:
-    """A finished shard with no samples (every input sample was rejected), written atomically."""
-    temp = os.path.join(os.path.dirname(final) or ".", f".{os.path.basename(final)}.tmp-{os.getpid()}")
-    with open(temp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w|gz" if final.endswith((".gz", ".tgz")) else "w|"):
-            pass
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, final)
 
 
 def count_samples(url: str) -> int | None:
