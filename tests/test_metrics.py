@@ -77,6 +77,112 @@ def test_psnr_per_image_then_mean_matches_numpy():
     assert PSNR().update(_batch(ref[:1], ref[:1]))["psnr"] == [pytest.approx(100.0)]  # identical: floored MSE
 
 
+# --- PSNR over the changed / unchanged region -----------------------------------------------------
+
+
+def _scene():
+    """A 20×20 black input frame; the ground truth has a 10×10 square (rows/cols 5–14) turned grey 200."""
+    x = np.zeros((20, 20, 3), np.uint8)
+    y = x.copy()
+    y[5:15, 5:15] = 200
+    return x, y
+
+
+def test_changed_psnr_exact_values_on_a_square():
+    from lego_core.metrics.pixel import changed_psnr, changed_region
+
+    x, y = _scene()
+    mask = changed_region(x, y)
+    assert mask.sum() == 100 and mask[5:15, 5:15].all()
+    # Right in the changed square, wrong (+51 = 0.2 in every channel) everywhere else.
+    right_changed = np.full_like(y, 51)
+    right_changed[5:15, 5:15] = 200
+    v = changed_psnr(right_changed, x, y)
+    assert v.changed == pytest.approx(100.0) and v.changed_fraction == 0.25      # identical: floored MSE
+    assert v.unchanged == pytest.approx(10 * np.log10(1 / 0.2 ** 2), rel=1e-12)
+    # Right outside, wrong inside in one channel only (−51): the MSE is over the 3 channels.
+    right_unchanged = y.copy()
+    right_unchanged[5:15, 5:15, 0] = 149
+    v = changed_psnr(right_unchanged, x, y)
+    assert v.changed == pytest.approx(10 * np.log10(3 / 0.2 ** 2), rel=1e-12) and v.unchanged == pytest.approx(100.0)
+    # The input frame itself: the do-nothing baseline.
+    v = changed_psnr(x, x, y)
+    assert v.changed == pytest.approx(10 * np.log10(1 / (200 / 255) ** 2), rel=1e-12) and v.unchanged == pytest.approx(100.0)
+    # The same from [0, 1] float arrays and PIL images.
+    w = changed_psnr(Image.fromarray(x), x.astype(np.float64) / 255, Image.fromarray(y))
+    assert (w.changed, w.unchanged) == (pytest.approx(v.changed, rel=1e-12), pytest.approx(100.0))
+
+
+def test_changed_pixel_is_mean_over_rgb_above_0_1():
+    from lego_core.metrics.pixel import changed_region
+
+    x = np.zeros((2, 2, 3), np.uint8)
+    y = x.copy()
+    y[0, 0] = (76, 0, 0)      # mean 0.0994: unchanged
+    y[0, 1] = (77, 77, 77)    # mean 0.302: changed
+    y[1, 0] = (0, 0, 77)      # mean 0.1007: changed
+    y[1, 1] = (25, 25, 25)    # mean 0.098: unchanged
+    assert changed_region(x, y).tolist() == [[False, True], [True, False]]
+
+
+def test_small_changed_region_is_excluded_and_all_changed_has_no_unchanged():
+    from lego_core.metrics.pixel import changed_psnr
+
+    x = np.zeros((20, 20, 3), np.uint8)
+    y = x.copy()
+    y[0, 0] = 255                                   # 1 of 400 pixels = 0.25 % < 0.5 %: left out
+    v = changed_psnr(y, x, y)
+    assert v.changed is None and v.unchanged == pytest.approx(100.0) and v.changed_fraction == 0.0025
+    y[0, 1] = 255                                   # 2 of 400 = 0.5 %: kept
+    v = changed_psnr(x, x, y)
+    assert v.changed == pytest.approx(0.0) and v.unchanged == pytest.approx(100.0)
+    v = changed_psnr(x, x, np.full_like(x, 255))    # everything changed: no unchanged region
+    assert v.changed == pytest.approx(0.0) and v.unchanged is None
+
+
+def test_changed_psnr_resizes_prediction_and_input_bicubic_to_the_ground_truth():
+    from lego_core.metrics.pixel import changed_psnr
+
+    x, y = _scene()
+    rng = np.random.RandomState(0)
+    small = rng.randint(0, 256, (10, 10, 3), dtype=np.uint8)       # prediction at half size
+    x_big = np.asarray(Image.fromarray(x).resize((40, 40), Image.NEAREST))  # input frame at twice the size
+    up = np.asarray(Image.fromarray(small).resize((20, 20), Image.BICUBIC), np.float64) / 255
+    x_back = np.asarray(Image.fromarray(x_big).resize((20, 20), Image.BICUBIC), np.float64) / 255
+    mask = np.abs(y / 255 - x_back).mean(-1) > 0.1
+    want_changed = 10 * np.log10(1 / np.mean((up - y / 255)[mask] ** 2))
+    want_unchanged = 10 * np.log10(1 / np.mean((up - y / 255)[~mask] ** 2))
+    v = changed_psnr(small, x_big, y)
+    assert (v.changed, v.unchanged) == (pytest.approx(want_changed, rel=1e-12), pytest.approx(want_unchanged, rel=1e-12))
+    assert changed_psnr(Image.fromarray(small), Image.fromarray(x_big), Image.fromarray(y)).changed == v.changed
+    # A [0, 1] float prediction is resized in float, channel by channel.
+    f = changed_psnr(small / 255.0, x, y)
+    assert f.changed == pytest.approx(want_changed, abs=0.05)
+
+
+def test_changed_psnr_metric_counts_exclusions_and_wins():
+    from lego_core.metrics.common import Batch
+    from lego_core.metrics.pixel import ChangedPSNR
+
+    x, y = _scene()
+    tiny = x.copy()
+    tiny[0, 0] = 255                                      # a changed region of 0.25 %
+    better = y.copy()
+    better[5:15, 5:15, 0] = 149
+    P = Image.fromarray
+    refs, gens, inputs = [P(y), P(y), P(tiny), P(y)], [P(better), P(x), P(tiny), P(y)], [P(x), P(x), P(x), None]
+    m = ChangedPSNR()
+    m.start(["a", "b", "c", "d"])
+    out = m.update(Batch(["a", "b", "c", "d"], gens, refs, inputs=inputs))
+    assert out["psnr_changed"][0] == pytest.approx(10 * np.log10(3 / 0.04)) and out["psnr_unchanged"][0] == pytest.approx(100)
+    assert out["psnr_changed"][1] == out["input_psnr_changed"][1] == pytest.approx(10 * np.log10(1 / (200 / 255) ** 2))
+    assert out["psnr_changed"][2] is None and out["psnr_unchanged"][2] == pytest.approx(100)   # excluded
+    assert all(out[c][3] is None for c in m.columns)                                          # no input frame
+    fin = m.finish()
+    assert fin["psnr_changed"] == {"excluded": 1, "no_input": 1} and fin["psnr_unchanged"]["excluded"] == 0
+    assert fin["psnr_changed_beats_input"] == {"value": 0.5, "n": 2}   # a wins; b only ties the input
+
+
 # --- LPIPS -----------------------------------------------------------------------------------
 
 

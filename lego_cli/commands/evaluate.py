@@ -19,8 +19,10 @@ from lego_cli.common import echo_result, quiet
                    "evaluates. Repeat (NAME=DIR) for the ablation table.")
 @click.option("--vllm", help="Generate-first mode: the LLaVA folder for models that need VLLM embeddings.")
 @click.option("--metrics", "metrics", default="psnr,lpips,fid,clip,blip,egovlp,egovlp+",
-              help="Comma-separated subset of psnr,lpips,fid,clip,blip,egovlp,egovlp+. In the default set, EgoVLP "
-                   "scores without a checkpoint (and BLIP without descriptions) are left out with a warning.")
+              help="Comma-separated subset of psnr,psnr_changed,lpips,fid,clip,blip,egovlp,egovlp+. In the default set, "
+                   "EgoVLP scores without a checkpoint (and BLIP without descriptions) are left out with a warning. "
+                   "psnr_changed (not in the paper; needs input frames): PSNR over the pixels the action changed "
+                   "(|ground truth - input| > 0.1) and over the rest, for the generated and the input frame.")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Folder for metrics.json, samples.csv and report.html (several sets: one subfolder each plus table.csv). "
                    "Without it, only the table is printed.")
@@ -90,7 +92,7 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
     """
     from lego_core.errors import BadInput
     from lego_core.metrics.runner import EvalConfig, evaluate, evaluate_models
-    from lego_core.metrics.report import table_text
+    from lego_core.metrics.report import changed_region_summary, table_text
 
     if quiet(ctx):
         import transformers
@@ -134,5 +136,6 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
                          f"(e.g. {', '.join(m['only_generated']['examples']) or '-'}), {m['only_reference']['count']} "
                          f"references without generated image (e.g. {', '.join(m['only_reference']['examples']) or '-'}), "
                          f"{s.skipped['total']} skipped")
+    lines += [line for line in map(changed_region_summary, result.sets) if line]
     lines += list(result.outputs.values())
     echo_result("\n".join(lines))

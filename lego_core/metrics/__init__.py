@@ -1,6 +1,6 @@
 """The paper's evaluation metrics and `lego evaluate`'s runner and report.
 
-One module per metric family — `pixel` (PSNR), `lpips_metric` (LPIPS), `fid` (FID), `clip_score`
+One module per metric family — `pixel` (PSNR, and PSNR over the changed / unchanged region), `lpips_metric` (LPIPS), `fid` (FID), `clip_score`
 (CLIP image–image), `blip_score` (BLIP caption vs description), `egovlp_score` (EgoVLP and EgoVLP+,
 the paper's primary metrics; the model itself is ported in `egovlp`) — each a `Metric` (see `common`)
 that is fed batches of matched samples and returns per-image values (and set-level values for FID).
@@ -17,10 +17,12 @@ Importing this package is cheap: torch, transformers and lpips are imported when
 
 from __future__ import annotations
 
-ALL_METRICS = ("psnr", "lpips", "fid", "clip", "blip", "egovlp", "egovlp+")
-METRIC_ALIASES = {"egovlp_plus": "egovlp+"}
+ALL_METRICS = ("psnr", "psnr_changed", "lpips", "fid", "clip", "blip", "egovlp", "egovlp+")
+# The paper's metrics: what runs when none are chosen (psnr_changed is ours, asked for by name).
+DEFAULT_METRICS = tuple(m for m in ALL_METRICS if m != "psnr_changed")
+METRIC_ALIASES = {"egovlp_plus": "egovlp+", "psnr_unchanged": "psnr_changed"}
 
-__all__ = ["ALL_METRICS", "EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"]
+__all__ = ["ALL_METRICS", "DEFAULT_METRICS", "EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"]
 
 
 def __getattr__(name: str):

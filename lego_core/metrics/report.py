@@ -20,6 +20,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from .pixel import CHANGE_THRESHOLD, MIN_CHANGED_FRACTION
+
 if TYPE_CHECKING:
     from .runner import EvalResult, SetResult
 
@@ -104,6 +106,22 @@ def _metric_table(s: "SetResult") -> str:
     return "<table><tr><th>metric</th><th>mean / value</th><th>std</th><th>n</th></tr>" + "".join(rows) + "</table>"
 
 
+def changed_region_summary(s: "SetResult") -> str | None:
+    """One sentence on psnr_changed for a set (generated vs the input frame, the exclusions), or None
+    when the set has no psnr_changed."""
+    m = s.metrics
+    if "psnr_changed" not in m:
+        return None
+    c, u, beats = m["psnr_changed"], m["psnr_unchanged"], m.get("psnr_changed_beats_input", {})
+    wins = "–" if beats.get("value") is None else f"{beats['value']:.0%}"
+    no_input = f", {c.get('no_input', 0)} without an input frame" if c.get("no_input") else ""
+    return (f"{s.name}: changed region (|ground truth − input| > {CHANGE_THRESHOLD}): generated {fmt(c.get('mean'), 2)} dB vs the "
+            f"input frame {fmt(m['input_psnr_changed'].get('mean'), 2)} dB; generated beats input on {wins} of "
+            f"{beats.get('n', 0)} samples; unchanged region: generated {fmt(u.get('mean'), 2)} dB vs input "
+            f"{fmt(m['input_psnr_unchanged'].get('mean'), 2)} dB; {c.get('excluded', 0)} sample(s) left out of "
+            f"psnr_changed (changed region under {MIN_CHANGED_FRACTION:.1%} of the pixels){no_input}")
+
+
 def set_html(s: "SetResult", title: str | None = None) -> str:
     by_key = {r["key"]: r for r in s.rows}
     parts = [f"<h1>{html.escape(title or 'lego evaluate: ' + s.name)}</h1>",
@@ -112,6 +130,9 @@ def set_html(s: "SetResult", title: str | None = None) -> str:
              f"{s.matching['only_reference']['count']} references without generated image; "
              f"{s.skipped['total']} skipped (undecodable); {s.resized} generated images resized to their reference.</p>",
              _metric_table(s)]
+    changed = changed_region_summary(s)
+    if changed:
+        parts.append(f"<p class=note>{html.escape(changed)}.</p>")
     titles = {"best": f"Best by {s.report_metric}", "worst": f"Worst by {s.report_metric}", "random": "Random samples"}
     for group in ("best", "worst", "random"):
         keys = [k for k in s.picks.get(group, []) if k in s.thumbs]

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 from lego_core.errors import BadInput
 
-from . import ALL_METRICS, METRIC_ALIASES
+from . import ALL_METRICS, DEFAULT_METRICS, METRIC_ALIASES
 from .blip_score import DEFAULT_BLIP, PROMPT
 from .clip_score import DEFAULT_CLIP
 from .common import Batch, Metric, Shared, decode_image, resize_to
@@ -38,7 +38,7 @@ PREFERRED_REPORT_METRIC = ("lpips", "clip", "psnr")
 class EvalConfig:
     """Everything `lego evaluate` can set; the defaults reproduce the paper's evaluation."""
 
-    metrics: tuple[str, ...] = ALL_METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     metrics_explicit: bool = False  # the user chose --metrics (BLIP without descriptions is then an error)
     batch_size: int = 32
     device: str = "auto"
@@ -143,7 +143,7 @@ class EvalResult:
 
 
 def build_metrics(cfg: EvalConfig, device: str, shared: Shared | None = None) -> list[Metric]:
-    """Load every metric's models once (in a fixed order: psnr, lpips, fid, clip, blip, egovlp, egovlp+)."""
+    """Load every metric's models once (in ALL_METRICS' order: psnr, psnr_changed, lpips, ..., egovlp+)."""
     shared = shared or Shared()
     out: list[Metric] = []
     for name in ALL_METRICS:
@@ -153,6 +153,10 @@ def build_metrics(cfg: EvalConfig, device: str, shared: Shared | None = None) ->
             from .pixel import PSNR
 
             out.append(PSNR())
+        elif name == "psnr_changed":
+            from .pixel import ChangedPSNR
+
+            out.append(ChangedPSNR())
         elif name == "lpips":
             from .lpips_metric import LPIPS
 
@@ -294,8 +298,8 @@ def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric],
         t0 = time.perf_counter()
         finished = metric.finish()
         timings[metric.name] = timings.get(metric.name, 0.0) + time.perf_counter() - t0
-        for c, v in finished.items():
-            results[c] = {**v, "higher_is_better": hib[c]}
+        for c, v in finished.items():  # a per-image column's entry may gain set-level facts (counts)
+            results[c] = {**results.get(c, {}), **v, "higher_is_better": hib[c]}
     ordered = [rows[k] for k in m.keys if k in rows]
     report_metric = cfg.report_metric or next(
         (c for c in (*PREFERRED_REPORT_METRIC, *columns) if c in columns), None)
@@ -387,6 +391,21 @@ def _check_egovlp(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConf
     return replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in drop))
 
 
+def _check_input_frames(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
+    """psnr_changed compares with the input frame: a reference without any (a folder) → BadInput
+    when chosen explicitly, else left out with a warning. Samples missing only theirs get no value."""
+    if "psnr_changed" not in cfg.metrics or any(ref.has_input(k) for k in keys):
+        return cfg
+    msg = (f"psnr_changed needs the input frame of each sample and {ref.path} has none "
+           "(shards: input.jpg; a folder reference has no input frames)")
+    if cfg.metrics_explicit:
+        raise BadInput(msg)
+    log.warning("%s: leaving psnr_changed out", msg)
+    from dataclasses import replace
+
+    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "psnr_changed"))
+
+
 def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference, cfg: EvalConfig | None = None,
              out: str | None = None, progress: bool = False) -> EvalResult:
     """Evaluate one or several generated sets (name → folder or shards) against `reference`
@@ -402,6 +421,7 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
         all_keys = sorted({k for mt in matches.values() for k in mt.keys})
         cfg = _check_descriptions(cfg, ref, all_keys)
         cfg = _check_egovlp(cfg, ref, all_keys)
+        cfg = _check_input_frames(cfg, ref, all_keys)
         device = pick_device(cfg.device)
         metrics = build_metrics(cfg, device)
         sets = []
