@@ -251,3 +251,46 @@ def test_generate_first_with_real_lego_models_gives_one_row_per_model(tmp_path):
         metrics = json.loads((tmp_path / "eval" / name / "metrics.json").read_text())
         assert metrics["metrics"]["psnr"]["n"] == 6 if "metrics" in metrics else True
     assert (tmp_path / "eval" / "table.csv").read_text().count("\n") >= 3
+
+
+def test_psnr_changed_end_to_end_against_numpy(env, tmp_path):
+    """--metrics psnr_changed: the generated frame's and the input frame's PSNR over the changed and
+    unchanged regions reach metrics.json, samples.csv, the table and report.html, and equal numpy's
+    (the half-size generated image resized bicubic to the ground truth)."""
+    from lego_core.data.shards import iter_samples
+
+    d = env["dir"]
+    out = tmp_path / "out"
+    r = run_cli("-q", "evaluate", "-g", d / "noisy", "-r", SHARDS, "--metrics", "psnr,psnr_changed", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "psnr_changed ↑" in r.output and "input_psnr_changed ↑" in r.output and "generated beats input on" in r.output
+    meta = json.loads((out / "metrics.json").read_text())
+    m = meta["metrics"]
+    for c in ("psnr_changed", "psnr_unchanged", "input_psnr_changed", "input_psnr_unchanged"):
+        assert m[c]["n"] == 5 and m[c]["excluded"] == 0 and m[c]["no_input"] == 0, c
+    assert m["psnr_changed_beats_input"]["n"] == 5
+    rows = {row["key"]: row for row in csv.DictReader((out / "samples.csv").open())}
+    samples = {s["__key__"]: s for s in iter_samples(SHARDS)}
+    wins = []
+    for k in env["keys"]:
+        y = Image.open(io.BytesIO(samples[k]["target.jpg"])).convert("RGB")
+        x = np.asarray(Image.open(io.BytesIO(samples[k]["input.jpg"])).convert("RGB"), np.float64) / 255
+        g = np.asarray(Image.open(d / "noisy" / f"{k}.png").convert("RGB").resize(y.size, Image.BICUBIC), np.float64) / 255
+        y = np.asarray(y, np.float64) / 255
+        changed = np.abs(y - x).mean(-1) > 0.1
+        want = {"psnr_changed": 10 * np.log10(1 / np.mean((g - y)[changed] ** 2)),
+                "psnr_unchanged": 10 * np.log10(1 / np.mean((g - y)[~changed] ** 2)),
+                "input_psnr_changed": 10 * np.log10(1 / np.mean((x - y)[changed] ** 2))}
+        for c, v in want.items():
+            assert float(rows[k][c]) == pytest.approx(v, rel=1e-9), (k, c)
+        wins.append(want["psnr_changed"] > want["input_psnr_changed"])
+    assert m["psnr_changed_beats_input"]["value"] == pytest.approx(np.mean(wins))
+    assert np.mean([float(rows[k]["psnr_changed"]) for k in rows]) == pytest.approx(m["psnr_changed"]["mean"])
+    html = (out / "report.html").read_text()
+    assert "input_psnr_changed" in html and "generated beats input on" in html
+    # A folder reference has no input frames: asked for by name, that is one line and exit 2.
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    Image.open(d / "noisy" / f"{env['keys'][0]}.png").convert("RGB").save(ref / f"{env['keys'][0]}.jpg")
+    r = run_cli("evaluate", "-g", d / "noisier", "-r", ref, "--metrics", "psnr_changed")
+    assert r.exit_code == 2 and "psnr_changed needs the input frame" in r.output
