@@ -79,7 +79,7 @@ def unit_rgb(im, size: tuple[int, int] | None = None):
         raise ValueError(f"want an H×W×3 image, got an array of shape {a.shape}")
     if a.dtype == np.uint8:
         return unit_rgb(Image.fromarray(a), size)
-    a = a.astype(np.float64)
+    a = np.asarray(a, np.float64)  # no copy when already float64
     if size is not None and tuple(size) != _size(a):
         a = np.stack([np.asarray(Image.fromarray(a[..., c].astype(np.float32), "F").resize(tuple(size), Image.BICUBIC))
                       for c in range(3)], -1).astype(np.float64)
@@ -160,9 +160,11 @@ class ChangedPSNR(Metric):
             if x is None:
                 self.no_input += 1
                 continue
-            mask = changed_region(x, ref, self.threshold)
-            g = changed_psnr(gen, x, ref, self.threshold, self.min_changed, mask=mask)
-            b = changed_psnr(x, x, ref, self.threshold, self.min_changed, mask=mask)
+            # Each image to float at the ground truth's size once, then two predictions share the mask.
+            y, x, gen = unit_rgb(ref), unit_rgb(x, ref.size), unit_rgb(gen, ref.size)
+            mask = changed_region(x, y, self.threshold)
+            g = changed_psnr(gen, x, y, self.threshold, self.min_changed, mask=mask)
+            b = changed_psnr(x, x, y, self.threshold, self.min_changed, mask=mask)
             for col, v in zip(self.columns, (g.changed, g.unchanged, b.changed, b.unchanged)):
                 out[col][i] = v
             self.small_change += g.changed is None
