@@ -14,3 +14,58 @@ def quiet(ctx: click.Context) -> bool:
 def echo_result(result, as_json: bool = False) -> None:
     """Results go to stdout: JSON when asked, text otherwise."""
     click.echo(json.dumps(result, indent=None, default=str) if as_json else result)
+
+
+# The generation options, declared once for every command that generates (generate, evaluate's
+# generate-first mode, serve): name -> click option. Each becomes a `GenerateOptions` field.
+_GENERATION = {
+    "steps": click.option("--steps", type=int, help="Denoising steps (Euler ancestral).  [default: the step count "
+                                                    "the model's validation used (lego.json), else 100]"),
+    "guidance": click.option("--guidance", default=7.5, show_default=True, help="Text guidance scale s_T."),
+    "image_guidance": click.option("--image-guidance", default=1.5, show_default=True, help="Image guidance scale s_I."),
+    "seed": click.option("--seed", default=0, show_default=True,
+                         help="Random seed: same inputs and seed, same image (image i of N: seed + i)."),
+    "size": click.option("--size", type=int, help="The model's working resolution (square).  [default: the "
+                                                  "resolution it was trained at (lego.json), else 256]"),
+    "device": click.option("--device", default="auto", show_default=True,
+                           help="cpu, cuda, cuda:1 ... (auto: cuda when available)."),
+    "num_images": click.option("--num-images", default=1, show_default=True,
+                               help="Images per action (seeds seed … seed+N-1), named NAME-{i}.png when N > 1."),
+    "batch_size": click.option("--batch-size", default=8, show_default=True,
+                               help="Images denoised at once (the UNet runs three guidance branches for each), "
+                                    "and descriptions per VLLM call."),
+    "dtype": click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+                          show_default=True, help="Diffusion model precision (auto: fp16 on a GPU, fp32 on the CPU)."),
+    "offload": click.option("--offload", type=click.Choice(["model", "sequential"]),
+                            help="GPU only: keep weights in CPU memory and move each part (model) or layer "
+                                 "(sequential, least memory, slowest) to the GPU when used."),
+    "greedy": click.option("--greedy", is_flag=True,
+                           help="Greedy VLLM decoding (else sampling at temperature 0.2, seeded); batched "
+                                "descriptions then equal one-at-a-time ones."),
+    "max_new_tokens": click.option("--max-new-tokens", default=1024, show_default=True,
+                                   help="Longest VLLM description, in tokens."),
+    "vllm_dtype": click.option("--vllm-dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+                               show_default=True, help="VLLM precision (auto: fp16 on a GPU, fp32 on the CPU)."),
+    "vllm_quantize": click.option("--vllm-quantize", type=click.Choice(["4bit", "8bit"]),
+                                  help="GPU only: load the VLLM's weights in 4 or 8 bits (bitsandbytes)."),
+}
+
+
+def generation_options(*, skip: tuple[str, ...] = ()):
+    """Add the generation options to a command; it receives them as one dict, `generate_options`
+    (GenerateOptions fields). `skip`: those the command declares itself (evaluate's --seed, --device
+    and --batch-size mean more there)."""
+    import functools
+
+    names = [n for n in _GENERATION if n not in skip]
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn(*args, generate_options={n: kwargs.pop(n) for n in names}, **kwargs)
+
+        for name in reversed(names):
+            wrapper = _GENERATION[name](wrapper)
+        return wrapper
+
+    return decorate

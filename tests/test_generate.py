@@ -122,8 +122,8 @@ def test_batch_mode_names_outputs_by_key_and_resumes(model, frame, tmp_path):
 
 
 def test_output_paths():
-    assert output_paths(["a"], "x.png", "f.jpg")[0].name == "x.png"
-    assert [p.name for p in output_paths(["Cut the onion!", "cut the onion"], "o", "f.jpg")] == \
+    assert output_paths(["a"], "x.png", "f.jpg")[0][0].name == "x.png"
+    assert [p.name for (p,) in output_paths(["Cut the onion!", "cut the onion"], "o", "f.jpg")] == \
         ["f-cut-the-onion.png", "f-cut-the-onion-2.png"]
 
 

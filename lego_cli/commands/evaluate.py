@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lego_cli.common import echo_result, quiet
+from lego_cli.common import echo_result, generation_options, quiet
 
 
 @click.command("evaluate", context_settings={"show_default": True})
@@ -58,17 +58,14 @@ from lego_cli.common import echo_result, quiet
 @click.option("--workers", default=4, help="Threads decoding images.")
 @click.option("--report-metric", help="Per-image metric that ranks the report's best/worst samples (default: lpips, else clip, else psnr).")
 @click.option("--report-samples", default=8, help="Samples per report grid (best, worst, random).")
-@click.option("--seed", default=0, help="Seed of the report's random samples.")
-@click.option("--steps", default=100, help="Generate-first mode: sampling steps.")
-@click.option("--guidance", default=7.5, help="Generate-first mode: text guidance scale.")
-@click.option("--image-guidance", default=1.5, help="Generate-first mode: image guidance scale.")
-@click.option("--size", default=256, help="Generate-first mode: the model's working resolution.")
+@click.option("--seed", default=0, help="Seed of the report's random samples (and of generate-first mode's images).")
+@generation_options(skip=("seed", "device", "batch_size", "num_images"))   # generate-first mode's
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights, lpips_authors_range,
             fid_weights, fid_model, clip_model, blip_models, blip_text_encoder, egovlp, egovlp_frames, egovlp_tokenizer,
             generated_field, batch_size, device, workers, report_metric,
-            report_samples, seed, steps, guidance, image_guidance, size, as_json):
+            report_samples, seed, generate_options, as_json):
     """Score generated action frames against the ground truth with the paper's metrics: EgoVLP and
     EgoVLP+ (the frame, or the input frame then the frame, as a clip in EgoVLP's video embedding
     space), PSNR, LPIPS, FID, CLIP (image-image) and BLIP (caption vs description). Writes
@@ -117,8 +114,7 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
         if not shards:
             raise BadInput("--model needs the SHARDS to generate for (e.g. lego evaluate data/val/ --model DIR)")
         result = evaluate_models(list(shards), list(models), cfg, out=out, vllm=vllm, progress=progress,
-                                 generate_options={"steps": steps, "seed": seed, "device": device, "guidance": guidance,
-                                                   "image_guidance": image_guidance, "size": size})
+                                 generate_options={**generate_options, "seed": seed, "device": device})
     else:
         if shards:
             raise BadInput(f"unexpected argument {shards[0]}: SHARDS go with --model; otherwise use --generated and --reference")

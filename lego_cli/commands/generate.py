@@ -6,7 +6,7 @@ import json
 
 import click
 
-from lego_cli.common import quiet
+from lego_cli.common import generation_options, quiet
 
 
 @click.command("generate", context_settings={"show_default": True})
@@ -15,39 +15,34 @@ from lego_cli.common import quiet
 @click.option("--model", envvar="LEGO_MODEL", show_envvar=True, help="LEGO diffusion model folder (or hub id).")
 @click.option("--vllm", help="LLaVA folder: describe the action first and condition on its embeddings.")
 @click.option("-o", "--out", help="Output file (one prompt) or folder [default: the current folder].")
-@click.option("--steps", default=100, help="Denoising steps (Euler ancestral).")
-@click.option("--guidance", default=7.5, help="Text guidance scale s_T.")
-@click.option("--image-guidance", default=1.5, help="Image guidance scale s_I.")
-@click.option("--seed", default=0, help="Random seed: same inputs and seed, same image.")
-@click.option("--size", default=256, help="The model's working resolution (square).")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available).")
-@click.option("--greedy", is_flag=True, help="Greedy VLLM decoding (else sampling at temperature 0.2, seeded).")
-@click.option("--max-new-tokens", default=1024, help="Longest VLLM description, in tokens.")
+@generation_options()
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False),
               help='JSONL of {"key", "image", "prompt"} requests; writes OUT/{key}.png, model loaded once.')
 @click.option("--overwrite", is_flag=True, help="With --batch: redo keys whose image already exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @click.pass_context
-def command(ctx, image, prompts, model, vllm, out, steps, guidance, image_guidance, seed, size, device, greedy,
-            max_new_tokens, batch_file, overwrite, as_json):
+def command(ctx, image, prompts, model, vllm, out, generate_options, batch_file, overwrite, as_json):
     """Generate the action frame: the same scene, same viewpoint, with the action being done.
 
     \b
     IMAGE is the egocentric frame; each PROMPT is an action ("cut onion") and gets its own image,
     named after the prompt. With --vllm the VLLM's description of how to do the action is
     printed too. Without it the prompt is the description (what label/description models expect).
+    Several prompts (and --batch requests) are denoised --batch-size images at a time; the VLLM
+    is freed once it has described, before the diffusion model needs the memory.
 
     \b
     Examples:
       lego generate frame.jpg "cut onion" --model runs/lego/model
-      lego generate frame.jpg "open fridge" "wash plate" --vllm runs/llava -o out/
+      lego generate frame.jpg "open fridge" "wash plate" --vllm runs/llava -o out/ --num-images 4
       lego generate --batch requests.jsonl --model runs/lego/model -o generated/ --json
     """
     from lego_core.diffusion.generate import (
-        ActionFrameGenerator, GenerateOptions, load_image, output_paths, read_batch_file, resolve_model, save_image,
+        ActionFrameGenerator, GenerateOptions, Request, load_image, output_paths, read_batch_file, resolve_model,
     )
     from lego_core.errors import BadInput
 
+    options = GenerateOptions(**generate_options, progress=not quiet(ctx))
     if batch_file:
         if image or prompts:
             raise BadInput("--batch takes its images and prompts from the file; give no IMAGE or PROMPT")
@@ -58,50 +53,60 @@ def command(ctx, image, prompts, model, vllm, out, steps, guidance, image_guidan
         if any(not p.strip() for p in prompts):
             raise BadInput('empty prompt: say which action, e.g. "cut onion"')
         frame = load_image(image)
-        paths = output_paths(list(prompts), out, image)
-    options = GenerateOptions(steps=steps, guidance=guidance, image_guidance=image_guidance, seed=seed, size=size,
-                              device=device, max_new_tokens=max_new_tokens, greedy=greedy, progress=not quiet(ctx))
-    generator = ActionFrameGenerator(resolve_model(model), vllm, options)
+        paths = output_paths(list(prompts), out, image, options.num_images)
+    # One shot: the VLLM describes everything, is freed, then the diffusion model gets the memory.
+    generator = ActionFrameGenerator(resolve_model(model), vllm, options, keep_vllm=False)
 
-    def report(path, prompt, description, key=None):
-        record = {"output": str(path), "prompt": prompt, "description": description, "seed": seed,
-                  "steps": steps, "model": generator.model_name, **({"key": key} if key else {})}
-        if as_json:
-            click.echo(json.dumps(record))
-        else:
-            click.echo(str(path))
-            if vllm:
-                click.echo(f"  {description}")
+    def report(files, result):
+        for path, seed in zip(files, result.seeds):
+            record = {"output": str(path), "prompt": result.prompt, "description": result.description, "seed": seed,
+                      "steps": generator.steps, "size": generator.size, "model": generator.model_name,
+                      **({"key": result.key} if result.key else {})}
+            click.echo(json.dumps(record) if as_json else str(path))
+        if vllm and not as_json:
+            click.echo(f"  {result.description}")
 
     if not batch_file:
-        for prompt, path in zip(prompts, paths):
-            result, description = generator(frame, prompt)
-            save_image(result, path)
-            report(path, prompt, description)
+        for files, result in zip(paths, generator.run([Request(frame, prompt) for prompt in prompts])):
+            _save_all(result.images, files)                  # results come in request order
+            report(files, result)
         return
     _run_batch(generator, requests, out or ".", overwrite, report)
 
 
+def _save_all(images, files) -> None:
+    from lego_core.diffusion.generate import save_image
+
+    for im, path in zip(images, files):
+        save_image(im, path)
+
+
 def _run_batch(generator, requests, out, overwrite, report):
-    """Many requests, one model load; a bad request is skipped and counted, never fatal."""
+    """Many requests, one model load, denoised in batches; a bad request is skipped and counted,
+    never fatal; requests whose images all exist are not redone."""
     from pathlib import Path
 
-    from lego_core.diffusion.generate import load_image, save_image
+    from lego_core.diffusion.generate import Request, load_image, numbered
     from lego_core.errors import BadInput
 
-    skipped, done = [], 0
+    skipped, done, todo, files = [], 0, [], {}
+    n = generator.options.num_images
     for req in requests:
-        path = Path(out) / f"{req['key']}.png"
-        if path.exists() and not overwrite:
+        paths = numbered(Path(out) / f"{req['key']}.png", n)
+        if all(p.exists() for p in paths) and not overwrite:
             done += 1
             continue
         try:
-            result, description = generator(load_image(req["image"]), req["prompt"])
+            if not req["prompt"].strip():
+                raise BadInput('empty prompt: say which action, e.g. "cut onion"')
+            todo.append(Request(load_image(req["image"]), req["prompt"], key=req["key"]))
         except BadInput as e:
             skipped.append((req["key"], str(e)))
             continue
-        save_image(result, path)
-        report(path, req["prompt"], description, key=req["key"])
+        files[req["key"]] = paths
+    for result in generator.run(todo):
+        _save_all(result.images, files[result.key])
+        report(files[result.key], result)
     if skipped:
         click.echo(f"lego: skipped {len(skipped)} request(s); first: {skipped[0][0]}: {skipped[0][1]}", err=True)
     if done:

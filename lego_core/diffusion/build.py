@@ -20,6 +20,7 @@ from lego_core.errors import BadInput
 log = logging.getLogger("lego.diffusion")
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+MODEL_INFO = "lego.json"   # what the trainer knew and diffusers' model_index.json does not keep
 
 
 def check_model_folder(folder: str | Path, *, parts=PARTS) -> Path:
@@ -109,6 +110,25 @@ def folder_conditioning(folder: str | Path) -> str:
     if config.is_file():
         return json.loads(config.read_text()).get("conditioning", "description")
     return "description"
+
+
+def write_model_info(folder: str | Path, *, resolution: int, validation_steps: int, **extra) -> None:
+    """Record, beside model_index.json, the resolution the model was trained at and the step count
+    its validation samples used: `lego generate` defaults `--size`/`--steps` to them."""
+    info = {"resolution": int(resolution), "validation_steps": int(validation_steps), **extra}
+    (Path(folder) / MODEL_INFO).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def read_model_info(folder: str | Path) -> dict:
+    """The folder's `lego.json` ({} for folders made elsewhere, e.g. imported weights, or hub ids)."""
+    path = Path(folder) / MODEL_INFO
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: not readable JSON ({e}); fix or delete it") from None
+    return info if isinstance(info, dict) else {}
 
 
 def quiet_loading() -> None:

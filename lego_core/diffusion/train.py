@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lego_core.diffusion.build import write_model_info
 from lego_core.engine.config import EngineOptions
 
 log = logging.getLogger("lego.train")
@@ -285,7 +286,9 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
         keys_out.close()
     if stats.total and rank == 0:
         log.warning("skipped %s", stats.summary())
-    out = _export(pipe, denoiser, engine, params, ema, run / "model", rank, zero3)
+    info = {"resolution": cfg.resolution, "validation_steps": cfg.val_steps, "conditioning": cfg.conditioning,
+            "training_steps": step}
+    out = _export(pipe, denoiser, engine, params, ema, run / "model", rank, zero3, info)
     logger.event("done", step=step, steps_run=step - start, model=str(out))
     logger.close()
     return out if rank == 0 else None
@@ -318,8 +321,9 @@ def _load_ema(ema, path: Path) -> None:
     ema.load_state_dict(state)
 
 
-def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3: bool) -> Path:
-    """The final (EMA) weights as a LegoPipeline folder that `lego generate` loads."""
+def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3: bool, info: dict) -> Path:
+    """The final (EMA) weights as a LegoPipeline folder that `lego generate` loads, with `info`
+    (resolution, validation steps) in its lego.json so generation defaults to them."""
     import deepspeed
     import torch.distributed as dist
     from diffusers import EulerAncestralDiscreteScheduler
@@ -342,6 +346,7 @@ def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3:
             pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
             tmp = folder.with_name(folder.name + ".partial")
             pipe.save_pretrained(tmp)
+            write_model_info(tmp, **info)
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)

@@ -63,12 +63,14 @@ def _check_local(folder: Path) -> None:
                        f"{cfg.get('model_type')!r}, expected 'llava' (LlavaForConditionalGeneration)")
 
 
-def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto"):
+def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: str = "auto", quantization_config=None):
     """(model, processor) for a LLaVA folder or hub id, the model in eval mode on `device`.
 
     `device`: "auto" (GPU when present), "cpu", "cuda", "cuda:1", ... `dtype`: "auto" (float16 on a
     GPU, float32 on the CPU), "float16", "bfloat16" or "float32". Raises `BadInput` (exit 2) for a
-    folder that is not a LLaVA folder or a name that cannot be loaded.
+    folder that is not a LLaVA folder or a name that cannot be loaded. `quantization_config`: a
+    transformers `BitsAndBytesConfig` (4/8-bit weights, CUDA only); the model is then loaded straight
+    onto `device`, since quantised weights cannot be moved afterwards.
     """
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
@@ -87,7 +89,8 @@ def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: s
     try:
         processor = AutoProcessor.from_pretrained(name)
         config = AutoConfig.from_pretrained(name)
-        model = llava_model_class(config).from_pretrained(name, config=config, dtype=torch_dtype)
+        quantized = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
+        model = llava_model_class(config).from_pretrained(name, config=config, dtype=torch_dtype, **quantized)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
@@ -95,7 +98,8 @@ def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: s
         raise BadInput(f"{name}: the processor ({type(processor).__name__}) has no image token / "
                        "tokenizer; expected a LlavaProcessor")
     try:
-        model.to(device)
+        if not quantization_config:
+            model.to(device)
     except RuntimeError as e:
         raise LegoError(f"cannot move the LLaVA model to {device}: {e}") from None
     model.eval()
