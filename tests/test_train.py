@@ -162,6 +162,8 @@ def test_train_changes_unet_and_conditioner_not_vae_or_text_encoder(base, enrich
                      "--val-every", "4", "--val-samples", "2", "--val-steps", "2")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.splitlines()[-1])["model"] == str(run / "model")
+    info = json.loads((run / "model" / "lego.json").read_text())     # what `lego generate` defaults to
+    assert (info["resolution"], info["validation_steps"], info["training_steps"]) == (64, 2, 4)
     trained = load_pipeline(run / "model")
     torch.manual_seed(0)
     initial = build_from_pretrained(base, conditioning="description+joint", vllm=D)

@@ -29,8 +29,7 @@ def generate_folder(shards, model: str, folder: str, *, vllm: str | None = None,
     from lego_core.data.shards import SkipStats, iter_samples
 
     opts = GenerateOptions(**{"progress": False, **options})
-    os.makedirs(folder, exist_ok=True)
-    done = {os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".png")}
+    done = {os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".png")} if os.path.isdir(folder) else set()
     stats = SkipStats()
     generator = None
     batch: list[dict] = []
@@ -46,6 +45,7 @@ def generate_folder(shards, model: str, folder: str, *, vllm: str | None = None,
         _write(folder, batch, generator or _generator(model, vllm, opts))
     if stats.total:
         log.warning("generation: %s", stats.summary())
+    os.makedirs(folder, exist_ok=True)       # only now: a refused option (exit 2) leaves no folder behind
     return folder
 
 
