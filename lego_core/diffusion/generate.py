@@ -218,6 +218,8 @@ class ActionFrameGenerator:
         elif not vllm and not embeddings_given and self.pipe.needs_vllm:
             raise BadInput(f"the model in {model} is conditioned on VLLM embeddings "
                            f"({self.pipe.conditioning}); pass --vllm LLAVA_DIR")
+        if keep_vllm:
+            self._place()                                          # both stay loaded: ready for the first request
 
     @property
     def conditioning(self) -> str:
@@ -330,7 +332,7 @@ class ActionFrameGenerator:
             h_i = torch.stack([torch.as_tensor(c[1]).float() for c in conditions])
         if uses_text_embeds(self.conditioning):
             h_t = [torch.as_tensor(c[2]).float() for c in conditions]
-        squares = [r.image.resize((size, size), Image.Resampling.BICUBIC) for r in requests]
+        squares = [r.image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for r in requests]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         images = self.pipe(texts, squares, num_inference_steps=self.steps, guidance_scale=self.options.guidance,
                            image_guidance_scale=self.options.image_guidance, generator=generators,
