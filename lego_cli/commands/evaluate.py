@@ -60,12 +60,14 @@ from lego_cli.common import echo_result, generation_options, quiet
 @click.option("--report-samples", default=8, help="Samples per report grid (best, worst, random).")
 @click.option("--seed", default=0, help="Seed of the report's random samples (and of generate-first mode's images).")
 @generation_options(skip=("seed", "device", "batch_size", "num_images"))   # generate-first mode's
+@click.option("--max-member-mb", type=click.FloatRange(min=0, min_open=True), default=64,
+              help="Leave unread (and report as skipped) any file in a shard larger than this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights, lpips_authors_range,
             fid_weights, fid_model, clip_model, blip_models, blip_text_encoder, egovlp, egovlp_frames, egovlp_tokenizer,
             generated_field, batch_size, device, workers, report_metric,
-            report_samples, seed, generate_options, as_json):
+            report_samples, seed, generate_options, max_member_mb, as_json):
     """Score generated action frames against the ground truth with the paper's metrics: EgoVLP and
     EgoVLP+ (the frame, or the input frame then the frame, as a clip in EgoVLP's video embedding
     space), PSNR, LPIPS, FID, CLIP (image-image) and BLIP (caption vs description). Writes
@@ -102,7 +104,7 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
         fid_weights=fid_weights, fid_model=fid_model, clip_model=clip_model, generated_field=generated_field,
         blip_text_encoder=blip_text_encoder, egovlp=egovlp, egovlp_frames=egovlp_frames,
         egovlp_tokenizer=egovlp_tokenizer,
-        report_metric=report_metric, report_samples=report_samples, seed=seed,
+        report_metric=report_metric, report_samples=report_samples, seed=seed, max_member_mb=max_member_mb,
     )
     if blip_models:
         cfg_kwargs["blip_models"] = tuple(blip_models)

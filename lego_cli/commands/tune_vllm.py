@@ -36,7 +36,8 @@ from lego_cli.common import echo_result, quiet
 @click.option("--resample", is_flag=True, help="Draw shards with replacement (multi-node runs with uneven shards).")
 @click.option("--checkpoint-every", default=500)
 @click.option("--keep-checkpoints", default=2)
-@click.option("--resume", type=click.Path(file_okay=False), help="Resume from this checkpoint (default: the run's latest); the run's newer checkpoints move to checkpoints/superseded/.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Resume from this checkpoint (default: the run's latest); the run's newer checkpoints move to checkpoints/superseded/. "
+                   "Trust a checkpoint folder as you would code: DeepSpeed's loader unpickles its files.")
 @click.option("--overwrite", is_flag=True, help="Start the run over.")
 @click.option("--seed", default=0)
 @click.option("--log-every", default=10)

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from lego_core.data.schema import FIELDS, META, decode_npy, validate_sample
-from lego_core.data.shards import CORRUPT, expand_shards, iter_tar
+from lego_core.data.shards import CORRUPT, MAX_MEMBER_MB, TOO_BIG, expand_shards, iter_tar, too_big_reason
 
 _EXAMPLES = 3
 
@@ -37,14 +37,15 @@ def _field_summary(name: str, data: bytes) -> Any:
     return {"bytes": len(data)}
 
 
-def inspect_shards(urls: str | Sequence[str], *, validate: bool = True, full: bool = False) -> dict:
+def inspect_shards(urls: str | Sequence[str], *, validate: bool = True, full: bool = False,
+                   max_member_mb: float = MAX_MEMBER_MB) -> dict:
     """A JSON-serialisable report on ``urls`` (anything `expand_shards` accepts).
 
     Keys: shards, samples, bytes, per_shard ({path: samples}), fields ({name: samples having it}),
     datasets ({dataset: samples}), problems ({message: count}), problem_examples ({message: first
     keys}), valid (samples with no problem; None when not validated), corrupt_shards, first (key,
     meta and field summaries of the first sample). ``full`` decodes every JPEG instead of checking
-    its markers only.
+    its markers only. A member over ``max_member_mb`` is not read; its sample counts as a problem.
     """
     paths = expand_shards(urls)
     fields: Counter[str] = Counter()
@@ -60,10 +61,10 @@ def inspect_shards(urls: str | Sequence[str], *, validate: bool = True, full: bo
     for path in paths:
         n = 0
         try:
-            for sample in iter_tar(path):
+            for sample in iter_tar(path, max_member_mb=max_member_mb):
                 n += 1
                 key = sample["__key__"]
-                names = [k for k in sample if not k.startswith("_")]
+                names = [k for k in sample if not k.startswith("_")] + [name for name, _ in sample.get(TOO_BIG, [])]
                 fields.update(names)
                 meta = None
                 try:
@@ -77,10 +78,12 @@ def inspect_shards(urls: str | Sequence[str], *, validate: bool = True, full: bo
                         "key": key,
                         "shard": path,
                         "meta": meta,
-                        "fields": {k: _field_summary(k, sample[k]) for k in sorted(names) if k != META},
+                        "fields": {k: _field_summary(k, sample[k]) if k in sample else "not read (too big)"
+                                   for k in sorted(names) if k != META},
                     }
-                if validate:
-                    found = validate_sample(sample, decode_images=full)
+                big = too_big_reason(sample, max_member_mb)
+                if validate or big:
+                    found = [big] if big else validate_sample(sample, decode_images=full)
                     for msg in found:
                         problems[msg] += 1
                         ex = examples.setdefault(msg, [])

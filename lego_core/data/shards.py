@@ -54,8 +54,10 @@ def expand_shards(specs: str | Sequence[str]) -> list[str]:
 
     Each spec may be a brace pattern (``data-{000000..000009}.tar``), a glob (``data-*.tar``), a
     directory (every ``*.tar``/``*.tar.gz``/``*.tgz`` inside, sorted) or a plain path. Remote URLs
-    (``pipe:...``, ``s3://...``) are brace-expanded and passed through unchecked. Duplicates are
-    dropped, first occurrence kept. Raises `BadInput` naming the first missing path.
+    (``pipe:...``, ``s3://...``) are brace-expanded and passed through unchecked, but only when the
+    user typed them: a file found by a glob or in a folder is a file whatever its name (a file
+    named ``pipe:cmd;.tar`` must never run ``cmd``), see `_as_local`. Duplicates are dropped, first
+    occurrence kept. Raises `BadInput` naming the first missing path.
     """
     from braceexpand import braceexpand
 
@@ -71,19 +73,25 @@ def expand_shards(specs: str | Sequence[str]) -> list[str]:
             found = sorted(p for suf in SHARD_SUFFIXES for p in glob.glob(os.path.join(glob.escape(spec), "*" + suf)))
             if not found:
                 raise BadInput(f"no .tar shards in folder {spec}")
-            out.extend(found)
+            out.extend(map(_as_local, found))
             continue
         for path in braceexpand(spec):
             if glob.has_magic(path):
                 found = sorted(glob.glob(path))
                 if not found:
                     raise BadInput(f"no shards match {path}: check the pattern")
-                out.extend(found)
+                out.extend(map(_as_local, found))
             elif os.path.isfile(path):
-                out.append(path)
+                out.append(_as_local(path))
             else:
                 raise BadInput(f"shard not found: {path} (check the path or the brace pattern)")
     return list(dict.fromkeys(out))
+
+
+def _as_local(path: str) -> str:
+    """A path found on disk, spelled so that no reader takes it for a URL: ``pipe:x;.tar`` found
+    by the glob ``*.tar`` becomes ``./pipe:x;.tar`` (webdataset would run ``x`` otherwise)."""
+    return os.path.join(".", path) if _REMOTE.match(path) else path
 
 
 # --- output patterns ------------------------------------------------------------------------
@@ -200,7 +208,13 @@ def prepare_output(pattern: str, *, overwrite: bool = False) -> tuple[set[str], 
         for p in done:
             os.remove(p)
         return set(), 0
-    return read_keys(done), next_index(pattern)
+    keys = read_keys(done)
+    if keys and _placeholder(pattern) is None:
+        # A single-file --out can only be rewritten whole: continuing would replace the samples
+        # it holds with the new ones only.
+        raise BadInput(f"--out {pattern} already holds {len(keys)} sample(s) and names one file, so a rerun would "
+                       "drop them: use a pattern such as out/cur-%06d.tar to continue, or --overwrite to start over")
+    return keys, next_index(pattern)
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -420,10 +434,36 @@ def _open_stream(url: str):
     return open(url, "rb")
 
 
-def iter_tar(url: str) -> Iterator[dict]:
+MAX_MEMBER_MB = 64  # per tar member; real H_i are 2.6-5.9 MB, a JPEG frame well under 1 MB
+TOO_BIG = "__too_big__"  # the fields of a sample left unread for being over the limit: [(name, bytes)]
+
+
+def too_big_reason(sample: Mapping[str, Any], max_member_mb: float = MAX_MEMBER_MB) -> str | None:
+    """Why `iter_tar` left part of ``sample`` unread (one member over the size limit), or None."""
+    big = sample.get(TOO_BIG)
+    if not big:
+        return None
+    name, size = big[0]
+    return f"{name} is {size / 1e6:.0f} MB, over the {max_member_mb:g} MB member limit (raise --max-member-mb)"
+
+
+def check_tar_end(tar: tarfile.TarFile) -> None:
+    """Call after iterating over every member. A complete tar ends with a zero block, which stops
+    tarfile's loop after reading it; running out of bytes at a header instead means the file was
+    cut at a member boundary, which tarfile takes silently for the end."""
+    if tar.fileobj.tell() - tar.offset < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("the tar ends without its end-of-archive blocks (truncated)")
+
+
+def iter_tar(url: str, *, max_member_mb: float = MAX_MEMBER_MB) -> Iterator[dict]:
     """Samples of one shard in order, grouped exactly as webdataset groups them (key = member name
     up to the first dot of its base name, field names lower-cased). Raises on a corrupt tar after
-    yielding every sample completed before the damage; the sample in progress is dropped."""
+    yielding every sample completed before the damage; the sample in progress is dropped. A tar
+    that stops at a member boundary without its end-of-archive blocks is truncated too.
+
+    A member larger than ``max_member_mb`` is not read (a small .tar.gz can hold a huge member):
+    its name and size go to the sample's ``__too_big__`` list, see `too_big_reason`."""
+    limit = max_member_mb * 1e6
     with _open_stream(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         current: dict | None = None
         for info in tar:
@@ -433,13 +473,17 @@ def iter_tar(url: str) -> Iterator[dict]:
             if not m:
                 continue
             key, name = m.group(1), m.group(2).lower()
-            data = tar.extractfile(info).read()
+            data = tar.extractfile(info).read() if info.size <= limit else None
             tar.members = []  # stream mode keeps every TarInfo otherwise
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current
                 current = {"__key__": key, "__url__": url}
-            current[name] = data
+            if data is None:
+                current.setdefault(TOO_BIG, []).append((name, info.size))
+            else:
+                current[name] = data
+        check_tar_end(tar)
         if current is not None:
             yield current
 
@@ -451,16 +495,18 @@ def iter_samples(
     validate: bool = True,
     stats: SkipStats | None = None,
     decode_images: bool = False,
+    max_member_mb: float = MAX_MEMBER_MB,
 ) -> Iterator[dict]:
     """Every valid raw sample (``__key__``, ``__url__``, field -> bytes) of ``urls`` in shard order.
 
     ``urls`` go through `expand_shards`. Invalid samples (see `validate_sample`, with ``require``)
-    are skipped, logged at warning level and counted in ``stats`` under their first problem; a
-    truncated or corrupt shard counts as one skip and reading goes on with the next shard.
+    and samples with a member over ``max_member_mb`` are skipped, logged at warning level and
+    counted in ``stats`` under their first problem; a truncated or corrupt shard counts as one
+    skip and reading goes on with the next shard.
     """
     require = tuple(require)
     for url in expand_shards(urls):
-        it = iter_tar(url)
+        it = iter_tar(url, max_member_mb=max_member_mb)
         while True:
             try:
                 sample = next(it)
@@ -471,6 +517,12 @@ def iter_samples(
                 if stats is not None:
                     stats.add(CORRUPT, key=None, url=url, detail=str(e))
                 break
+            big = too_big_reason(sample, max_member_mb)
+            if big:
+                log.warning("skipping %s in %s: %s", sample["__key__"], url, big)
+                if stats is not None:
+                    stats.add("member over the size limit", key=sample["__key__"], url=url, detail=big)
+                continue
             if validate:
                 problems = validate_sample(sample, require, decode_images=decode_images)
                 if problems:

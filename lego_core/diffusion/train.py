@@ -312,7 +312,12 @@ def _load_ema(ema, path: Path) -> None:
     if not path.is_file():
         log.warning("%s: no EMA in this checkpoint; the EMA restarts from the current weights", path.parent.name)
         return
-    state = torch.load(path, weights_only=False)
+    from lego_core.engine.checkpoint import load_trusted_tensors
+
+    state = load_trusted_tensors(path, "the EMA")
+    if state is None:
+        log.warning("%s: the EMA restarts from the current weights", path.parent.name)
+        return
     saved = state.get("shadow_params", [])
     if len(saved) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(saved, ema.shadow_params)):
         log.warning("%s: its EMA does not fit this run (another world size under ZeRO-3?); the EMA restarts "

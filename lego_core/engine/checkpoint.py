@@ -127,10 +127,16 @@ def start_run(run: str | Path, *, rank: int, overwrite: bool, outputs: tuple[str
 
 
 def rng_state() -> dict:
+    """Every RNG's state as tensors, numbers and lists only, so it loads with weights_only=True
+    (numpy's own state tuple holds an ndarray, which would need unpickling)."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss],
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -140,11 +146,28 @@ def set_rng_state(state: dict) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_trusted_tensors(path: str | Path, what: str):
+    """One of our own checkpoint files (tensors, numbers, lists) loaded weights-only: a file that
+    needs unpickling (planted, or from an older lego) is not run; None, with a warning."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        log.warning("%s: not loaded (%s needs only tensors and numbers; this file needs unpickling: %s)",
+                    path, what, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
 
 
 def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank: int, keep: int,
@@ -220,8 +243,9 @@ def load_checkpoint(engine, path: str | Path, *, rank: int) -> dict:
     path = Path(path)
     _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
     rng = path / f"rng-rank{rank}.pt"
-    if rng.is_file():
-        set_rng_state(torch.load(rng, weights_only=False))
+    saved_rng = load_trusted_tensors(rng, "the RNG state") if rng.is_file() else None
+    if saved_rng is not None:
+        set_rng_state(saved_rng)
     state = json.loads((path / "lego-state.json").read_text()) | (client or {}).get("lego", {})
     world = dist.get_world_size() if dist.is_initialized() else 1
     return state | data_position(path, rank=rank, world_size=world)

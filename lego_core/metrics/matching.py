@@ -109,18 +109,26 @@ class _Member:
 class ShardSource(Source):
     kind = "shards"
 
-    def __init__(self, specs, image_field: str | None, role: str):
-        from lego_core.data.shards import expand_shards, iter_tar
+    def __init__(self, specs, image_field: str | None, role: str, max_member_mb: float | None = None):
+        from lego_core.data.shards import MAX_MEMBER_MB, check_tar_end, expand_shards, iter_tar, too_big_reason
 
+        max_member_mb = max_member_mb or MAX_MEMBER_MB
         self.urls = expand_shards(specs)
         self.path = " ".join(self.urls) if len(self.urls) <= 3 else f"{self.urls[0]} ... ({len(self.urls)} shards)"
         self.members: dict[str, dict[str, _Member]] = {}
-        self.loaded: dict[str, dict[str, bytes]] = {}  # remote shards are read into memory
-        self.broken: list[str] = []
+        self.loaded: dict[str, dict[str, bytes]] = {}  # remote and compressed shards are read into memory
+        self.broken: list[str] = []        # "url: why" of shards that could not be read (whole or in part)
+        self.too_big: list[str] = []       # "key: why" of members left unread for their size
+        limit = max_member_mb * 1e6
         for url in self.urls:
             if re.match(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)", url):
-                for s in iter_tar(url):
-                    self.loaded[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
+                try:
+                    for s in iter_tar(url, max_member_mb=max_member_mb):
+                        if too_big_reason(s, max_member_mb):
+                            self.too_big.append(f"{s['__key__']}: {too_big_reason(s, max_member_mb)}")
+                        self.loaded[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
+                except (tarfile.TarError, EOFError, OSError) as e:
+                    self.broken.append(f"{url}: {e}")
                 continue
             try:
                 with tarfile.open(url, mode="r:*") as tar:
@@ -131,11 +139,18 @@ class ShardSource(Source):
                         m = _MEMBER.match(info.name)
                         if not m or m.group(1).split("/")[-1].startswith("__"):
                             continue
-                        if compressed:
+                        name = m.group(2).lower()
+                        if info.size > limit:
+                            self.too_big.append(f"{m.group(1)}: {name} is {info.size / 1e6:.0f} MB, over the "
+                                                f"{max_member_mb:g} MB member limit (raise --max-member-mb)")
+                        elif compressed:
+                            if name.endswith(".npy"):
+                                continue            # embeddings: never scored, and the bulk of a shard
                             data = tar.extractfile(info).read()
-                            self.loaded.setdefault(m.group(1), {})[m.group(2).lower()] = data
+                            self.loaded.setdefault(m.group(1), {})[name] = data
                         else:
-                            self.members.setdefault(m.group(1), {})[m.group(2).lower()] = _Member(url, info.offset_data, info.size)
+                            self.members.setdefault(m.group(1), {})[name] = _Member(url, info.offset_data, info.size)
+                    check_tar_end(tar)
             except (tarfile.TarError, EOFError, OSError) as e:
                 self.broken.append(f"{url}: {e}")
         self.role = role
@@ -182,6 +197,8 @@ class ShardSource(Source):
                 label = json.loads(meta).get("label")
             except (ValueError, AttributeError):
                 label = None
+            if not isinstance(label, str):   # a number or a list there would break the report's text
+                label = None
         for name in (schema.ENRICHED, schema.CURATED):
             t = self._read(key, name)
             if t is not None and t.decode("utf-8", "replace").strip():
@@ -226,7 +243,7 @@ def _has_images(folder: str) -> bool:
     return False
 
 
-def open_source(spec, role: str, image_field: str | None = None) -> Source:
+def open_source(spec, role: str, image_field: str | None = None, max_member_mb: float | None = None) -> Source:
     """A folder of images (one existing folder holding images and no shards) or a shard set
     (files, brace patterns, globs, a folder of .tar)."""
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
@@ -241,7 +258,7 @@ def open_source(spec, role: str, image_field: str | None = None) -> Source:
             return FolderSource(folder)
     if len(specs) == 1 and not os.path.exists(specs[0]) and not any(c in specs[0] for c in "{*?[") and ":" not in specs[0]:
         raise BadInput(f"--{role}: {specs[0]} does not exist (a folder of images or shards)")
-    return ShardSource(specs, image_field, role)
+    return ShardSource(specs, image_field, role, max_member_mb)
 
 
 @dataclass

@@ -59,6 +59,7 @@ class EvalConfig:
     egovlp_frames: int | None = None  # clip length; default 16 for an epic* checkpoint, else 4
     egovlp_tokenizer: str = "distilbert-base-uncased"
     generated_field: str | None = None
+    max_member_mb: float = 64  # a shard member larger than this is left unread and reported
     report_metric: str | None = None
     report_samples: int = 8
     seed: int = 0
@@ -241,6 +242,7 @@ def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric],
     for metric in metrics:
         metric.start(m.keys)
     stats = SkipStats()
+    _count_unread(stats, gen, ref)
     rows: dict[str, dict] = {}
     resized = 0
     timings: dict[str, float] = {}
@@ -406,6 +408,19 @@ def _check_input_frames(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> Ev
     return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "psnr_changed"))
 
 
+def _count_unread(stats, gen: Source, ref: Source) -> None:
+    """Shards (or members) the sources could not read count as skipped, so the summary says so."""
+    from lego_core.data.shards import CORRUPT
+
+    for src in (gen, ref):
+        for what in getattr(src, "broken", []):
+            log.warning("%s shard skipped: %s", getattr(src, "role", ""), what)
+            stats.add(CORRUPT, url=what.split(": ", 1)[0], detail=what)
+        for what in getattr(src, "too_big", []):
+            log.warning("%s sample skipped: %s", getattr(src, "role", ""), what)
+            stats.add("member over the size limit", key=what.split(": ", 1)[0], detail=what)
+
+
 def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference, cfg: EvalConfig | None = None,
              out: str | None = None, progress: bool = False) -> EvalResult:
     """Evaluate one or several generated sets (name → folder or shards) against `reference`
@@ -414,9 +429,10 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
 
     cfg = cfg or EvalConfig()
     gens = _named(generated)
-    ref = open_source(reference, "reference")
+    ref = open_source(reference, "reference", max_member_mb=cfg.max_member_mb)
     try:
-        sources = {name: open_source(spec, "generated", cfg.generated_field) for name, spec in gens.items()}
+        sources = {name: open_source(spec, "generated", cfg.generated_field, cfg.max_member_mb)
+                   for name, spec in gens.items()}
         matches = {name: match(src, ref) for name, src in sources.items()}  # fail fast, before loading models
         all_keys = sorted({k for mt in matches.values() for k in mt.keys})
         cfg = _check_descriptions(cfg, ref, all_keys)

@@ -1,0 +1,206 @@
+"""Issue #22, "nothing lost, nothing wrong, no one in": each defect the reliability review
+reproduced, through the real CLI, plus one table of bad inputs (exit 2, one line, no traceback,
+nothing lost) so the next defect of this kind is one row away from being caught."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+from lego_core.data import shards as SH
+
+EPIC = REPO / "shards" / "epic-000000.tar"       # 16 samples
+EGO4D = REPO / "shards" / "ego4d-000000.tar"     # 6 samples
+
+
+def keys_in(path) -> list[str]:
+    return [s["__key__"] for s in SH.iter_tar(str(path))]
+
+
+def bundled_keys() -> list[str]:
+    return keys_in(EPIC)
+
+
+def one_line_error(r, code: int = 2) -> str:
+    """The contract for bad input: exit code, one line on stderr, no traceback."""
+    assert r.exit_code == code, (r.exit_code, r.output)
+    err = r.stderr.strip()
+    assert "Traceback" not in r.output and len(err.splitlines()) == 1, err
+    return err
+
+
+# --- 1. a rerun onto a single-file --out never drops written samples --------------------------------
+
+
+def test_rerun_onto_single_file_out_is_refused_and_keeps_the_samples(tmp_path):
+    out = tmp_path / "all.tar"
+    r = run_cli("-q", "curate", EPIC, "--backend", "template", "--out", out, "--limit", "3")
+    assert r.exit_code == 0, r.output
+    first = keys_in(out)
+    assert first == bundled_keys()[:3]
+    r = run_cli("-q", "curate", EPIC, "--backend", "template", "--out", out, "--limit", "6")
+    err = one_line_error(r)
+    assert "%06d" in err and "--overwrite" in err
+    assert keys_in(out) == first                      # nothing dropped
+    r = run_cli("-q", "curate", EPIC, "--backend", "template", "--out", out, "--limit", "6", "--overwrite")
+    assert r.exit_code == 0 and keys_in(out) == bundled_keys()[:6]
+
+
+def test_rerun_onto_a_pattern_still_continues(tmp_path):
+    out = tmp_path / "cur-%06d.tar"
+    assert run_cli("-q", "curate", EPIC, "--backend", "template", "--out", out, "--limit", "3").exit_code == 0
+    assert run_cli("-q", "curate", EPIC, "--backend", "template", "--out", out, "--limit", "6").exit_code == 0
+    got = [k for p in SH.finished_shards(str(out)) for k in keys_in(p)]
+    assert got == bundled_keys()[:6]
+
+
+# --- 3. file names are never commands ---------------------------------------------------------------
+
+
+def test_a_shard_named_like_a_pipe_url_is_read_as_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data-000.tar").write_bytes(EPIC.read_bytes())
+    evil = "pipe:touch PWNED;cat data-000.tar;.tar"
+    (tmp_path / evil).write_bytes(EGO4D.read_bytes())
+    for spec in ("*.tar", "."):                       # a glob and a folder
+        r = run_cli("inspect", spec, "--json")
+        assert not (tmp_path / "PWNED").exists(), spec
+        assert json.loads(r.output)["samples"] == 16 + 6   # the odd name was read as the file it is
+    # the evaluate reference reader takes the same names as files
+    from lego_core.metrics.matching import ShardSource
+
+    src = ShardSource(["*.tar"], None, "reference")
+    assert not (tmp_path / "PWNED").exists() and len(src.keys()) == 22
+    src.close()
+
+
+# --- 4. inspect --strict fails on a shard that is not a complete tar --------------------------------
+
+
+@pytest.mark.parametrize("damage", ["random", "cut_mid_member", "cut_at_member_boundary"])
+def test_inspect_strict_fails_on_random_or_truncated_tar(tmp_path, damage):
+    data = EPIC.read_bytes()
+    if damage == "random":
+        data = os.urandom(20_000)
+    elif damage == "cut_mid_member":
+        data = data[: len(data) // 2 + 100]
+    else:   # a whole number of members, no end-of-archive blocks: tarfile alone reads it happily
+        with tarfile.open(EPIC) as t:
+            members = t.getmembers()
+        data = data[: members[9].offset]
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(data)
+    r = run_cli("inspect", bad, "--strict")
+    err = one_line_error(r, 1)
+    assert "truncated or corrupt" in err
+
+
+# --- 5. our own checkpoint files load weights-only ---------------------------------------------------
+
+
+class _Planted:
+    def __reduce__(self):
+        return (open, (os.environ["LEGO_PLANTED"], "w"))
+
+
+def test_rng_and_ema_files_are_never_unpickled(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from lego_core.engine.checkpoint import load_trusted_tensors, rng_state, set_rng_state
+
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("LEGO_PLANTED", str(marker))
+    planted = tmp_path / "rng-rank0.pt"
+    torch.save({"python": _Planted()}, planted)
+    assert load_trusted_tensors(planted, "the RNG state") is None
+    assert not marker.exists()
+    assert "needs unpickling" in caplog.text
+    # what we write ourselves round-trips weights-only
+    ours = tmp_path / "ours.pt"
+    torch.manual_seed(3)
+    torch.save(rng_state(), ours)
+    want = torch.rand(3)
+    torch.manual_seed(99)
+    set_rng_state(load_trusted_tensors(ours, "the RNG state"))
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_resume_help_says_a_checkpoint_is_trusted_like_code():
+    for cmd in ("train", "tune-vllm"):
+        assert "unpickles" in run_cli(cmd, "--help").output
+
+
+# --- 7. one huge member cannot fill the memory ------------------------------------------------------
+
+
+def _gz_with_huge_member(path: Path, mb: int) -> None:
+    good = list(SH.iter_tar(str(EPIC)))[:2]
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=1) as gz, \
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for i, s in enumerate(good):
+            for name in ("input.jpg", "meta.json", "target.jpg"):
+                data = s[name]
+                if i == 1 and name == "target.jpg":
+                    data = b"\0" * (mb * 1_000_000)
+                info = tarfile.TarInfo(f"{s['__key__']}.{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_member_over_the_limit_is_skipped_with_its_reason(tmp_path):
+    shard = tmp_path / "bomb.tar.gz"
+    _gz_with_huge_member(shard, 3)
+    assert shard.stat().st_size < 200_000
+    r = run_cli("inspect", shard, "--json", "--max-member-mb", "2")
+    report = json.loads(r.output)
+    assert report["samples"] == 2 and report["valid"] == 1
+    [problem] = [p for p in report["problems"] if "member limit" in p]
+    assert "target.jpg is 3 MB" in problem and "--max-member-mb" in problem
+    assert run_cli("inspect", shard, "--json").exit_code == 0          # 3 MB is fine under the 64 MB default
+    stats = SH.SkipStats()
+    got = [s["__key__"] for s in SH.iter_samples([str(shard)], stats=stats, max_member_mb=2)]
+    assert len(got) == 1 and stats.counts == {"member over the size limit": 1}
+
+
+# --- 7/9. evaluate: unreadable and truncated shards are reported, odd labels do not crash ---------
+
+
+def _rewrite(src: Path, dest: Path, *, keep=None, edit=None) -> None:
+    with SH.ShardWriter(str(dest)) as w:
+        for s in SH.iter_tar(str(src)):
+            if keep is None or s["__key__"] in keep:
+                w.write(edit(s) if edit else s)
+
+
+def test_evaluate_reports_truncated_generated_shard_and_survives_odd_labels(tmp_path):
+    keys = bundled_keys()
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    _rewrite(EPIC, gen / "g-000000.tar", keep=set(keys[:8]))
+    _rewrite(EPIC, gen / "g-000001.tar", keep=set(keys[8:]))
+    with tarfile.open(gen / "g-000001.tar") as t:
+        cut = t.getmembers()[6].offset              # two whole samples, then nothing: no end blocks
+    (gen / "g-000001.tar").write_bytes((gen / "g-000001.tar").read_bytes()[:cut])
+
+    def odd_label(s):
+        meta = json.loads(s["meta.json"])
+        meta["label"] = 7
+        return {**s, "meta.json": meta}
+
+    ref = tmp_path / "ref.tar"
+    _rewrite(EPIC, ref, edit=odd_label)
+    r = run_cli("evaluate", "--generated", gen, "--reference", ref, "--metrics", "psnr", "-o", tmp_path / "ev",
+                "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    skipped = summary["sets"][0]["skipped"] if "sets" in summary else summary["skipped"]
+    assert skipped["reasons"].get(SH.CORRUPT) == 1, skipped
+    assert (tmp_path / "ev" / "report.html").is_file()
