@@ -204,3 +204,124 @@ def test_evaluate_reports_truncated_generated_shard_and_survives_odd_labels(tmp_
     skipped = summary["sets"][0]["skipped"] if "sets" in summary else summary["skipped"]
     assert skipped["reasons"].get(SH.CORRUPT) == 1, skipped
     assert (tmp_path / "ev" / "report.html").is_file()
+
+
+# --- 6. a rerun with settings that change what a sample contains is refused -----------------------
+
+
+def test_extract_rerun_with_another_size_is_refused_but_limit_may_change(tmp_path):
+    from lego_core.data.synthetic import make_sample
+
+    s = make_sample(tmp_path / "src", epic_seconds=6.0, ego4d_seconds=4.0, width=192, height=108)
+    root = Path(s["epic_csv"]).parent
+    args = ["extract", "--dataset", "epic-kitchens", "--annotations", root / "EPIC_100_sample.csv",
+            "--videos", root / "videos", "--out", tmp_path / "out" / "epic-%06d.tar", "--workers", "1", "--size", "64"]
+    assert run_cli("-q", *args, "--limit", "2").exit_code == 0
+    before = sorted((tmp_path / "out").glob("epic-*.tar"))
+    err = one_line_error(run_cli("-q", *args[:-1], "96"))
+    assert "size: then 64, now 96" in err and "--overwrite" in err
+    assert sorted((tmp_path / "out").glob("epic-*.tar")) == before
+    r = run_cli("-q", *args, "--limit", "4", "--workers", "2")          # how much / how fast: fine
+    assert r.exit_code == 0, r.output
+    assert run_cli("-q", *args[:-1], "96", "--overwrite").exit_code == 0
+
+
+def test_curate_rerun_with_another_temperature_is_refused(tmp_path, monkeypatch):
+    from curate_server import FakeLLM
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-rerun-0000000000")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with FakeLLM() as llm:
+        args = ["-q", "curate", EPIC, "--out", tmp_path / "cur-%06d.tar", "--base-url", llm.url, "--llm", "fake"]
+        assert run_cli(*args, "--limit", "2").exit_code == 0
+        llm.reset_counts()
+        err = one_line_error(run_cli(*args, "--limit", "4", "--temperature", "0.2"))
+        assert "temperature: then 0.7, now 0.2" in err
+        assert llm.total == 0
+        assert run_cli(*args, "--limit", "4", "--concurrency", "2").exit_code == 0
+
+
+@pytest.fixture(scope="module")
+def two_llavas(tmp_path_factory):
+    from lego_core.kit import make_tiny_llava
+
+    d = tmp_path_factory.mktemp("llava")
+    return make_tiny_llava(d / "a", seed=0), make_tiny_llava(d / "b", seed=1)
+
+
+def test_enrich_rerun_with_another_vllm_or_decoding_is_refused(tmp_path, two_llavas):
+    a, b = two_llavas
+    out = tmp_path / "e-%06d.tar"
+    fast = ["--max-new-tokens", "3", "--greedy", "--max-text-tokens", "2"]
+    assert run_cli("-q", "enrich", EGO4D, "--vllm", a, "--out", out, *fast).exit_code == 0
+    written = (tmp_path / "e-000000.tar").read_bytes()
+    for other in (["--vllm", b, *fast], ["--vllm", a, "--max-new-tokens", "3", "--max-text-tokens", "2"]):
+        err = one_line_error(run_cli("-q", "enrich", EGO4D, "--out", out, *other))
+        assert ("vllm" in err if other[1] == b else "greedy: then True, now False" in err), err
+    assert (tmp_path / "e-000000.tar").read_bytes() == written
+    moved = tmp_path / "moved"
+    os.rename(a, moved)                                  # the same model elsewhere is the same model
+    try:
+        assert run_cli("-q", "enrich", EGO4D, "--vllm", moved, "--out", out, *fast, "--batch-size", "2").exit_code == 0
+    finally:
+        os.rename(moved, a)
+
+
+# --- 8. the API key never travels in clear text, credentials are never written -----------------------
+
+
+def test_key_is_not_sent_over_plain_http_to_another_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-insecure-000000000")
+    r = run_cli("-q", "curate", EPIC, "--out", tmp_path / "c-%06d.tar", "--base-url", "http://10.0.0.7:8000/v1")
+    err = one_line_error(r)
+    assert "--allow-insecure-http" in err and "https" in err
+    assert not list(tmp_path.glob("c-*.tar"))
+    from lego_core.curate.client import NO_KEY, resolve_api_key
+
+    # a keyless server on the local network still works; loopback and https are always fine
+    assert resolve_api_key("http://10.0.0.7:8000/v1", {}) == NO_KEY
+    assert resolve_api_key("http://10.0.0.7/v1", {"OPENAI_API_KEY": "k"}, allow_insecure_http=True) == "k"
+    for ok in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://[::1]:80/v1", "https://10.0.0.7/v1"):
+        assert resolve_api_key(ok, {"OPENAI_API_KEY": "k"}) == "k"
+
+
+def test_credentials_in_the_base_url_are_never_written(tmp_path, monkeypatch):
+    from curate_server import FakeLLM
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with FakeLLM() as llm:
+        url = llm.url.replace("http://", "http://alice:hunter2pass@")
+        r = run_cli("curate", EPIC, "--out", tmp_path / "c-%06d.tar", "--base-url", url, "--llm", "fake",
+                    "--limit", "2")
+        assert r.exit_code == 0, r.output
+    written = "".join(p.read_text(errors="replace") for p in tmp_path.iterdir() if p.suffix in (".json", ".jsonl"))
+    assert "127.0.0.1" in written
+    assert "hunter2pass" not in written and "hunter2pass" not in r.output
+    from lego_core.curate.client import public_url
+
+    assert public_url("https://u:p@h.example/v1?key=s3cret") == "https://***@h.example/v1?key=***"
+
+
+# --- 10. curate remembers the samples it paid for and rejected ----------------------------------------
+
+
+def test_curate_does_not_pay_again_for_a_rejected_sample(tmp_path, monkeypatch):
+    from curate_server import FakeLLM
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-rejected-00000000")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    first = json.loads(next(SH.iter_tar(str(EPIC)))["meta.json"])["label"]
+    with FakeLLM() as llm:
+        llm.default = "ok"
+        llm.script(first, ["offtopic"] * 3)
+        args = ["-q", "curate", EPIC, "--out", tmp_path / "cur-%06d.tar", "--base-url", llm.url, "--llm", "fake",
+                "--limit", "3", "--json", "--retry-base-delay", "0.01"]
+        r = run_cli(*args)
+        assert r.exit_code == 0 and json.loads(r.output)["written"] == 2, r.output
+        llm.reset_counts()
+        r = run_cli(*args)
+        assert r.exit_code == 0 and llm.total == 0, r.output                  # remembered, not asked again
+        assert json.loads(r.output)["skipped_total"] == 1
+        r = run_cli(*args, "--retry-rejected")
+        assert r.exit_code == 0 and llm.total == 1 and json.loads(r.output)["written"] == 1, r.output

@@ -40,14 +40,18 @@ from lego_cli.common import echo_result, quiet
 @click.option("--max-samples-per-shard", default=1000, help="Start a new output shard after this many samples.")
 @click.option("--cache", "cache_file", type=click.Path(dir_okay=False), help="Answer cache JSONL (default: beside the output shards).")
 @click.option("--rejects", type=click.Path(dir_okay=False), help="JSONL of rejected samples with reasons (default: beside the output shards).")
+@click.option("--retry-rejected", is_flag=True,
+              help="Ask again for samples whose answers all failed the checks in an earlier run (remembered in the cache).")
+@click.option("--allow-insecure-http", is_flag=True,
+              help="Send OPENAI_API_KEY over plain http to a non-loopback --base-url (refused otherwise).")
 @click.option("--dry-run", is_flag=True, help="Print the prompts that would be sent (and whether each is cached); send and write nothing.")
 @click.option("--overwrite", is_flag=True, help="Rewrite the output shards from scratch (the answer cache is kept: nothing is paid twice).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or with --dry-run, one request per line) as JSON.")
 @click.pass_context
 def command(ctx, shards, out, backend, llm, base_url, temperature, top_p, max_tokens, seed, examples, show_examples,
             concurrency, timeout, max_retries, retry_base_delay, retry_max_delay, max_attempts, min_words, max_words,
-            max_requests, max_tokens_total, limit, max_samples_per_shard, cache_file, rejects, dry_run, overwrite,
-            as_json):
+            max_requests, max_tokens_total, limit, max_samples_per_shard, cache_file, rejects, retry_rejected,
+            allow_insecure_http, dry_run, overwrite, as_json):
     """Write a detailed description of each action (curated.txt) with an LLM, from the short label
     and the hand/object boxes, prompted with hand-written in-context examples (the paper's scheme).
 
@@ -86,7 +90,8 @@ def command(ctx, shards, out, backend, llm, base_url, temperature, top_p, max_to
         max_retries=max_retries, retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
         max_attempts=max_attempts, min_words=min_words, max_words=max_words, max_requests=max_requests,
         max_tokens_total=max_tokens_total, limit=limit, max_samples_per_shard=max_samples_per_shard,
-        rejects=rejects, cache=cache_file, overwrite=overwrite,
+        rejects=rejects, cache=cache_file, overwrite=overwrite, retry_rejected=retry_rejected,
+        allow_insecure_http=allow_insecure_http,
     )
     if dry_run:
         report = run_dry(cfg, sys.stdout, as_json=as_json)

@@ -10,6 +10,9 @@ to a shard, so a killed run loses no paid answer. A line cut short by a kill is 
 the file) when the cache is opened again; a line that is not a valid entry (see `valid_entry`: e.g.
 ``"text": null`` from an edited or foreign file) is ignored with a warning, so that sample is asked
 again instead of a None reaching the shard writer. The file never holds the API key or any header.
+
+A sample whose answers all failed the checks is remembered too (a ``"rejected"`` line with the
+reason), so a rerun does not pay for it again; ``--retry-rejected`` asks again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ def valid_entry(e: Any) -> bool:
             and isinstance(e.get("text"), str) and bool(e["text"].strip()))
 
 
+def valid_rejection(e: Any) -> bool:
+    """A remembered rejection: the server answered this request, every answer failed the checks
+    (paid for, so a rerun does not ask again unless --retry-rejected)."""
+    return (isinstance(e, dict) and isinstance(e.get("key"), str) and isinstance(e.get("request"), str)
+            and isinstance(e.get("rejected"), str) and "text" not in e)
+
+
 def request_hash(request: Mapping[str, Any]) -> str:
     """sha256 of the request's canonical JSON (sorted keys, no spaces)."""
     blob = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -45,6 +55,7 @@ class AnswerCache:
         self.path = Path(path)
         self.fsync = fsync
         self.entries: dict[tuple[str, str], dict] = {}
+        self.rejections: dict[tuple[str, str], dict] = {}
         self.bad_lines = 0
         self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +83,8 @@ class AnswerCache:
             # earlier good entry for the same sample
             if valid_entry(e):
                 self.entries[(e["key"], e["request"])] = e
+            elif valid_rejection(e):
+                self.rejections[(e["key"], e["request"])] = e
             else:
                 self.bad_lines += 1
         if self.bad_lines:
@@ -91,12 +104,24 @@ class AnswerCache:
             # a caller's bug, not a sample's: refuse before anything reaches the file, which a
             # later run would otherwise read back as an answer
             raise ValueError(f"cache: not an answer to store for {key!r}: text={text!r:.80}")
+        self._write(entry)
+        self.entries[(key, req_hash)] = entry
+        return entry
+
+    def rejection(self, key: str, req_hash: str) -> dict | None:
+        """The remembered rejection of this request, unless an answer was accepted since."""
+        return None if (key, req_hash) in self.entries else self.rejections.get((key, req_hash))
+
+    def add_rejection(self, key: str, req_hash: str, reason: str, detail: Any = None) -> None:
+        entry = {"key": key, "request": req_hash, "rejected": reason, "detail": detail, "time": round(time.time(), 3)}
+        self._write(entry)
+        self.rejections[(key, req_hash)] = entry
+
+    def _write(self, entry: dict) -> None:
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
-        self.entries[(key, req_hash)] = entry
-        return entry
 
     def close(self) -> None:
         if not self._file.closed:

@@ -219,7 +219,7 @@ class LLMClient:
         register_secret(api_key)
         quiet_http_loggers()
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url or OPENAI_URL, max_retries=0, timeout=timeout)
-        self.base_url = base_url or OPENAI_URL
+        self.base_url = public_url(base_url or OPENAI_URL)    # what messages show: no credentials
         self.policy = policy
         self.budget = budget
         self.slots = asyncio.Semaphore(concurrency)
@@ -340,9 +340,51 @@ def _error_code(e: Exception) -> str | None:
     return None
 
 
-def resolve_api_key(base_url: str | None, environ: Mapping[str, str]) -> str:
-    """The key from OPENAI_API_KEY; a placeholder for a local server that needs none."""
+def public_url(url: str | None) -> str | None:
+    """``url`` fit to print or write: user:password@ and query values masked (``***``)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "(an unparsable URL)"
+
+
+def _is_loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(base_url: str | None, environ: Mapping[str, str], *, allow_insecure_http: bool = False) -> str:
+    """The key from OPENAI_API_KEY; a placeholder for a local server that needs none. A key (or
+    credentials in the URL) is never sent in clear text to another machine: plain http to a
+    non-loopback host is refused unless ``allow_insecure_http``."""
+    from urllib.parse import urlsplit
+
     key = environ.get("OPENAI_API_KEY", "").strip()
+    parts = urlsplit(base_url) if base_url else None
+    if parts is not None:
+        register_secret(parts.password)
+        if (key or parts.password) and parts.scheme == "http" and not _is_loopback(parts.hostname) \
+                and not allow_insecure_http:
+            raise BadInput(f"--base-url {public_url(base_url)} is plain http to another machine: the API key would "
+                           "travel unencrypted; use https, unset OPENAI_API_KEY for a keyless server, or pass "
+                           "--allow-insecure-http")
     if key:
         return key
     if not base_url or "api.openai.com" in base_url:

@@ -66,6 +66,8 @@ class CurateConfig:
     cache: str | None = None                   # default: beside the shards
     overwrite: bool = False
     fsync_cache: bool = False                  # fsync every cache line (survives power loss, not only kill -9)
+    retry_rejected: bool = False               # ask again for samples whose answers all failed the checks before
+    allow_insecure_http: bool = False          # send the API key over plain http to a non-loopback host
 
 
 @dataclass
@@ -260,18 +262,22 @@ def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = N
 
     from lego_core.data import shards
     from lego_core.curate.client import Budget, RetryPolicy, resolve_api_key
+    from lego_core.provenance import pin_settings
 
     started = time.perf_counter()
     check_config(cfg)
     prompts = load_prompts(cfg) if cfg.backend == "openai" else None
     urls = shards.expand_shards(cfg.inputs)
-    api_key = resolve_api_key(cfg.base_url, os.environ if environ is None else environ) if cfg.backend == "openai" else None
+    api_key = resolve_api_key(cfg.base_url, os.environ if environ is None else environ,
+                              allow_insecure_http=cfg.allow_insecure_http) if cfg.backend == "openai" else None
 
     pattern = shards.shard_pattern(cfg.out)
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     own = {os.path.realpath(p) for p in shards.finished_shards(pattern)}
     if any(os.path.realpath(u) in own for u in urls):
         raise BadInput(f"--out {cfg.out} names the input shards: write curated shards under another name")
+    pin_settings(sidecar(pattern, "curate.json"), content_settings(cfg, prompts), out=cfg.out,
+                 overwrite=cfg.overwrite, has_output=bool(own), extra=_config_record(cfg, prompts))
     done, start_index = shards.prepare_output(pattern, overwrite=cfg.overwrite)
     n_inputs = len(shards.read_keys(urls))
     total = min(n_inputs, cfg.limit) if cfg.limit is not None else n_inputs
@@ -279,7 +285,6 @@ def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = N
     summary = CurateSummary(backend=cfg.backend, model=cfg.llm if cfg.backend == "openai" else None)
     summary.rejects_file = cfg.rejects or sidecar(pattern, "curate-rejects.jsonl")
     summary.cache_file = (cfg.cache or sidecar(pattern, "curate-cache.jsonl")) if cfg.backend == "openai" else None
-    _save_config(cfg, Path(sidecar(pattern, "curate.json")), prompts)
 
     budget = Budget(cfg.max_requests, cfg.max_tokens_total)
     policy = RetryPolicy(cfg.max_retries, cfg.retry_base_delay, cfg.retry_max_delay)
@@ -359,6 +364,9 @@ async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, po
         hit = cache.get(key, h)
         if hit is not None:
             return _Result("cached", hit["text"])
+        gone = None if cfg.retry_rejected else cache.rejection(key, h)
+        if gone is not None:    # paid for already: every answer failed the checks
+            return _Result("rejected", reason=gone["rejected"], detail=gone.get("detail"))
         async with client.slots:
             last = ("", None)
             try:
@@ -378,8 +386,9 @@ async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, po
             except LegoError as e:
                 budget.stop(redact(e), fatal=type(e)(redact(e)))
                 return _Result("stopped")
-            return _Result("rejected", reason=f"answer failed the checks: {last[0]}",
-                           detail={"attempts": cfg.max_attempts, "last_answer": last[1]})
+            reason, detail = f"answer failed the checks: {last[0]}", {"attempts": cfg.max_attempts, "last_answer": last[1]}
+            cache.add_rejection(key, h, reason, detail)
+            return _Result("rejected", reason=reason, detail=detail)
 
     window: deque[tuple[dict, asyncio.Future]] = deque()
     max_window = max(4 * cfg.concurrency, 16)
@@ -413,11 +422,28 @@ async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, po
         await client.close()
 
 
-def _save_config(cfg: CurateConfig, path: Path, prompts: PromptSet | None) -> None:
-    """The resolved config beside the output (never the API key: it is not part of the config)."""
+def content_settings(cfg: CurateConfig, prompts: PromptSet | None) -> dict:
+    """The settings that decide what a curated sample contains; not --limit, --concurrency, the
+    budgets or retries, which only change how much or how fast (see `provenance.pin_settings`)."""
+    from lego_core.curate.client import public_url
+    from lego_core.provenance import file_digest
+
+    if cfg.backend == "template":
+        return {"backend": "template"}
+    return {"backend": cfg.backend, "llm": cfg.llm, "base_url": public_url(cfg.base_url), "temperature": cfg.temperature,
+            "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed,
+            "examples": file_digest(cfg.examples) if cfg.examples else "built-in",
+            "examples_count": len(prompts.examples) if prompts else 0, "min_words": cfg.min_words,
+            "max_words": cfg.max_words, "check_topic": cfg.check_topic}
+
+
+def _config_record(cfg: CurateConfig, prompts: PromptSet | None) -> dict:
+    """The resolved config saved beside the output: never the API key (it is not part of the
+    config) nor credentials in the base URL."""
+    from lego_core.curate.client import public_url
+
     d = asdict(cfg)
+    d["base_url"] = public_url(cfg.base_url)
     d["examples_source"] = prompts.source if prompts else None
     d["examples_count"] = len(prompts.examples) if prompts else 0
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(d, indent=2) + "\n")
-    os.replace(tmp, path)
+    return d

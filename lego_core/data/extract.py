@@ -23,6 +23,7 @@ from PIL import Image
 
 from lego_core.data.annotations import EPIC, Action, Offsets, Reject, epic_frames_fps, read_annotations
 from lego_core.errors import BadInput
+from lego_core.provenance import pin_settings
 
 log = logging.getLogger("lego.extract")
 
@@ -319,11 +320,12 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> ExtractSummary:
     pattern = shards.shard_pattern(cfg.out)
     out_dir = Path(pattern).parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    pin_settings(sidecar(pattern, "extract.json"), content_settings(cfg), out=cfg.out, overwrite=cfg.overwrite,
+                 has_output=bool(shards.finished_shards(pattern)), extra=asdict(cfg))
     done, start_index = shards.prepare_output(pattern, overwrite=cfg.overwrite)
     todo = [a for a in actions if a.key not in done]
     summary = ExtractSummary(already_done=len(actions) - len(todo))
     summary.rejects_file = cfg.rejects or sidecar(pattern, "rejects.jsonl")
-    _save_config(cfg, Path(sidecar(pattern, "extract.json")))
 
     with open(summary.rejects_file, "w", encoding="utf-8") as rejects_out, \
             shards.ShardWriter(pattern, max_samples=cfg.max_samples_per_shard, max_size=cfg.max_shard_size,
@@ -360,8 +362,13 @@ def sidecar(pattern: str, name: str) -> str:
     return os.path.join(folder, f"{stem}.{name}")
 
 
-def _save_config(cfg: ExtractConfig, path: Path) -> None:
-    """The resolved config beside the output, so a run can be repeated or audited."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    os.replace(tmp, path)
+def content_settings(cfg: ExtractConfig) -> dict:
+    """The settings that decide what a pair contains (not --limit, --workers or shard sizes):
+    a rerun onto shards made with other ones is refused (`pin_settings`)."""
+    def where(p):
+        return os.path.abspath(p) if p else None
+
+    return {"dataset": cfg.dataset, "annotations": where(cfg.annotations), "videos": where(cfg.videos),
+            "frames": where(cfg.frames), "boxes": where(cfg.boxes), "size": cfg.size, "resize": cfg.resize,
+            "quality": cfg.quality, "input_before_start": cfg.input_before_start,
+            "target_fraction": cfg.target_fraction, "frames_fps": cfg.frames_fps}

@@ -235,6 +235,23 @@ def _check_manifest(path: str, inputs: list[str], outputs: list[str], overwrite:
                        f"({len(before)} before, {len(inputs)} now); use another --out or --overwrite")
 
 
+def content_settings(cfg: EnrichConfig) -> dict:
+    """The settings that decide what an enriched sample holds: the VLLM (by its files), the
+    question, decoding and sizes. Sampling depends on the seed and on how samples are batched, so
+    those count only without --greedy; --device counts through the dtype it resolves to."""
+    from lego_core.device import pick_device
+    from lego_core.provenance import model_identity
+    from lego_core.vllm.templates import INFERENCE_QUESTION
+
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "float16" if pick_device(cfg.device).startswith("cuda") else "float32"
+    sampling = {} if cfg.greedy else {"temperature": cfg.temperature, "seed": cfg.seed, "batch_size": cfg.batch_size}
+    return {"vllm": model_identity(cfg.vllm), "question": INFERENCE_QUESTION, "greedy": cfg.greedy, **sampling,
+            "max_text_tokens": cfg.max_text_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
+            "aspect": cfg.aspect}
+
+
 def storage_estimate(m: int, d: int, max_text_tokens: int, max_new_tokens: int) -> tuple[int, str]:
     """(bytes per sample added at most, a sentence saying so) for H_i (m x d) and H_t (<= n x d)."""
     n = min(max_text_tokens, max_new_tokens) if max_text_tokens else max_new_tokens
@@ -394,6 +411,7 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
 
     from lego_core.data import shards
     from lego_core.data.extract import sidecar
+    from lego_core.provenance import pin_settings
     from lego_core.vllm.load import embedding_shape, load_config, load_vllm
 
     check_config(cfg)
@@ -422,7 +440,8 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
     listed = [u if shards._REMOTE.match(u) else os.path.abspath(u) for u in inputs]
     _check_manifest(manifest, listed, outputs, cfg.overwrite)
     record = {k: v for k, v in asdict(cfg).items() if k not in ("num_shards", "shard_index", "shards", "overwrite")}
-    _atomic_write(manifest, json.dumps({**record, "inputs": listed}, indent=2) + "\n")
+    pin_settings(manifest, content_settings(cfg), out=cfg.out, overwrite=cfg.overwrite,
+                 has_output=any(os.path.exists(o) for o in outputs), extra={**record, "inputs": listed})
 
     todo: list[int] = []
     for j in my_part(len(inputs), index, count):
