@@ -192,3 +192,24 @@ def test_imports_stay_light():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _pair_meta(**over) -> dict:
+    m = meta(dataset="pairs", video_id="mine", action_id="0001", source="images",
+             input_image="a/in.jpg", target_image="a/out.jpg")
+    for k in ("t_input", "t_target", "fps"):
+        del m[k]
+    m.update(over)
+    return m
+
+
+def test_a_pair_made_from_images_has_no_video_times_but_names_its_images():
+    assert S.meta_problems(_pair_meta()) == []
+    assert S.meta_problems(_pair_meta(target_image="")) == [
+        "meta.json: target_image is missing or empty (a pair made from images names them)"]
+    video = _pair_meta()
+    del video["source"]                       # without the marker it is a video pair: times required
+    assert "meta.json: t_input is missing" in S.meta_problems(video)
+    m = S.SampleMeta.from_dict(_pair_meta())
+    assert m.t_input is None and m.fps is None and m.extra["input_image"] == "a/in.jpg"
+    assert m.to_dict() == _pair_meta()

@@ -96,7 +96,9 @@ def command(ctx, shards, out, backend, llm, base_url, temperature, top_p, max_to
     if dry_run:
         report = run_dry(cfg, sys.stdout, as_json=as_json)
         click.echo(f"lego: dry run: {report['samples']} samples, would send {report['would_send']} requests "
-                   f"({report['cached']} answers cached); nothing sent", err=True)
+                   f"({report['cached']} answers cached"
+                   + (f", {report['kept']} samples keep the description they have" if report["kept"] else "")
+                   + "); nothing sent", err=True)
         return
     summary = curate(cfg, progress=not quiet(ctx))
     echo_result(summary.to_dict() if as_json else "\n".join(summary.lines()), as_json)

@@ -6,7 +6,8 @@ otherwise up to ``concurrency`` requests run at once. An answer is checked (`che
 the cache and only then written to the output shard, in input order (a window of finished samples
 waits for a slow one ahead of it). An answer that fails the checks is asked for again, up to
 ``max_attempts`` times, then the sample goes to the rejects file with the reason; so does a sample
-whose input is invalid. A rerun with the same ``--out`` skips the samples already in finished
+whose input is invalid. A sample that already has a ``curated.txt`` (a description given to
+`lego extract` with your own data) keeps it: nothing is asked for it. A rerun with the same ``--out`` skips the samples already in finished
 shards and asks only for answers not in the cache; ``--overwrite`` rewrites the shards but keeps
 the cache (it never pays twice; delete the cache file to ask again).
 """
@@ -29,6 +30,7 @@ from typing import Any, Iterator, TextIO
 from lego_core.curate import checks as checks_mod
 from lego_core.curate.cache import AnswerCache, request_hash, valid_entry
 from lego_core.curate.prompts import PromptSet, build_messages, default_prompts, format_messages, load_examples
+from lego_core.data import schema
 from lego_core.data.schema import CURATED, META
 from lego_core.errors import BadInput, LegoError
 
@@ -74,6 +76,7 @@ class CurateConfig:
 class CurateSummary:
     written: int = 0
     from_cache: int = 0
+    kept: int = 0                      # samples that came with a description and kept it
     already_done: int = 0
     skipped: Counter = field(default_factory=Counter)
     remaining: int = 0
@@ -101,6 +104,8 @@ class CurateSummary:
         out = [f"samples curated: {self.written} in {self.seconds:.1f}s"
                + (f" ({self.from_cache} from the cache)" if self.from_cache else "")
                + (f"; another {self.already_done} were already done" if self.already_done else "")]
+        if self.kept:
+            out.append(f"kept {self.kept} description{'s' if self.kept != 1 else ''} the samples already had")
         if self.backend == "openai":
             out.append(f"requests: {self.requests} ({self.retries} retries); tokens: {self.prompt_tokens} prompt + "
                        f"{self.completion_tokens} completion = {self.prompt_tokens + self.completion_tokens}"
@@ -196,7 +201,7 @@ def _samples(cfg: CurateConfig, urls: list[str], rejects: Rejects) -> Iterator[d
 
 @dataclass
 class _Result:
-    kind: str                 # "ok" | "cached" | "rejected" | "stopped"
+    kind: str                 # "ok" | "cached" | "kept" | "rejected" | "stopped"
     text: str = ""
     reason: str = ""
     detail: Any = None
@@ -215,9 +220,13 @@ def dry_run(cfg: CurateConfig, out: TextIO = sys.stdout, *, as_json: bool = Fals
     summary = CurateSummary(backend=cfg.backend, model=cfg.llm)
     cached = _read_only_cache(cfg)
     n = would_send = 0
+    kept = 0
     for sample in _samples(cfg, urls, Rejects(None, summary)):
         meta = json.loads(sample[META])
         key = sample["__key__"]
+        if CURATED in sample:
+            kept += 1
+            continue
         if cfg.backend == "template":
             from lego_core.curate.template import describe
 
@@ -236,7 +245,7 @@ def dry_run(cfg: CurateConfig, out: TextIO = sys.stdout, *, as_json: bool = Fals
             out.write(f"=== {key}  (request {h[:12]}{', cached' if hit else ''})\n{format_messages(req['messages'])}\n")
         n += 1
     return {"samples": n, "would_send": would_send, "cached": n - would_send if cfg.backend == "openai" else 0,
-            "skipped": dict(summary.skipped)}
+            "kept": kept, "skipped": dict(summary.skipped)}
 
 
 def _read_only_cache(cfg: CurateConfig) -> set[tuple[str, str]]:
@@ -299,13 +308,14 @@ def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = N
             samples = _samples(cfg, urls, rejects)
 
             def emit(sample: dict, res: _Result) -> None:
-                if res.kind in ("ok", "cached"):
+                if res.kind in ("ok", "cached", "kept"):
                     out = {k: v for k, v in sample.items() if not k.startswith("_")}
                     out["__key__"] = sample["__key__"]
                     out[CURATED] = res.text.encode("utf-8")
                     writer.write(out)
                     summary.written += 1
                     summary.from_cache += res.kind == "cached"
+                    summary.kept += res.kind == "kept"
                 elif res.kind == "rejected":
                     rejects.add(res.reason, sample["__key__"], sample.get("__url__"), res.detail)
                 if res.kind != "stopped":
@@ -341,12 +351,22 @@ def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = N
     return summary
 
 
+def _kept(sample: dict) -> asyncio.Future:
+    """A finished result for a sample that came with its description (kept in input order)."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(_Result("kept", schema.decode_text(sample[CURATED])))
+    return fut
+
+
 def _run_template(samples, done, summary, emit) -> None:
     from lego_core.curate.template import describe
 
     for sample in samples:
         if sample["__key__"] in done:
             summary.already_done += 1
+            continue
+        if CURATED in sample:
+            emit(sample, _Result("kept", schema.decode_text(sample[CURATED])))
             continue
         meta = json.loads(sample[META])
         emit(sample, _Result("ok", describe(meta["label"], meta.get("noun", ""), meta.get("boxes") or [])))
@@ -406,6 +426,10 @@ async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, po
                 continue
             if budget.stopped is not None:
                 break
+            if CURATED in sample:
+                window.append((sample, _kept(sample)))
+                await flush(max_window)
+                continue
             meta = json.loads(sample[META])
             window.append((sample, asyncio.ensure_future(one(key, meta))))
             await asyncio.sleep(0)          # let cached answers and finished requests complete

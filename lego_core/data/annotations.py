@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from lego_core.data.labels import clean_narration, verb_from_structured
@@ -19,7 +19,9 @@ from lego_core.errors import BadInput
 
 EPIC = "epic-kitchens"
 EGO4D = "ego4d"
-DATASETS = (EPIC, EGO4D)
+MANIFEST = "manifest"      # your own videos, one row per action (lego_core.data.own)
+PAIRS = "pairs"            # your own already-extracted image pairs (lego_core.data.own)
+DATASETS = (EPIC, EGO4D, MANIFEST, PAIRS)
 
 EPIC_REQUIRED = ("narration_id", "video_id", "start_timestamp", "stop_timestamp", "narration", "verb", "noun")
 # The released RGB frames: 60 fps for the original P01-P31 videos, 50 fps for the 2020 extension
@@ -38,21 +40,38 @@ class Action:
     label: str
     verb: str
     noun: str
-    t_input: float
-    t_target: float
+    t_input: float | None             # seconds; None for frame numbers not yet resolved, and for image pairs
+    t_target: float | None
     fps: float | None = None          # annotation's frame rate, when the format gives it
     width: int | None = None
     height: int | None = None
     boxes: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    frames: tuple[int, int] | None = None   # X and Y as frame numbers (from 0), resolved by `at_rate`
+    description: str | None = None          # a description the user already has: becomes curated.txt
     key: str = field(init=False)
 
     def __post_init__(self):
         self.key = make_key(self.dataset, self.video_id, self.action_id)
 
+    def at_rate(self, fps: float) -> "Action":
+        """This action with its frame numbers turned into times at the video's own rate: frame n of a
+        constant-rate video is shown at n / fps, which is the frame `VideoReader.frame_at` picks."""
+        if self.frames is None:
+            return self
+        return replace(self, t_input=self.frames[0] / fps, t_target=self.frames[1] / fps)
+
+    def order(self) -> tuple:
+        """Where the action sits in its video, for ordering the work only (frame numbers are placed as
+        if at 30 fps; their exact times come from the video itself)."""
+        start = self.frames[0] / 30.0 if self.frames is not None else (self.t_input or 0.0)
+        end = self.frames[1] / 30.0 if self.frames is not None else (self.t_target or 0.0)
+        return start, end, self.key
+
     def plan_record(self) -> dict:
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "key")}
-        record["t_input"], record["t_target"] = round(self.t_input, 6), round(self.t_target, 6)
+        for k in ("t_input", "t_target"):
+            record[k] = None if record[k] is None else round(record[k], 6)
         return {"key": self.key, **record, **self.extra}
 
 
@@ -253,6 +272,13 @@ def _ego4d_noun(frames: list[dict]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def box_items(boxes: list) -> list[dict]:
+    """Boxes as given ([{"kind": ..., "box": [x0, y0, x1, y1], "name": ...}]) in the shape meta.json
+    stores. Raises KeyError, TypeError or ValueError for anything else."""
+    return [{"kind": str(b["kind"]), "box": [float(v) for v in b["box"]][:4],
+             **({"name": str(b["name"])} if b.get("name") else {})} for b in boxes]
+
+
 def read_boxes_jsonl(path: Path) -> dict[str, list[dict]]:
     """Optional boxes for EPIC-KITCHENS rows: one JSON object a line,
     {"narration_id": "P01_09_0", "boxes": [{"kind": "left_hand", "box": [x0, y0, x1, y1], "name": ...}]}
@@ -265,8 +291,7 @@ def read_boxes_jsonl(path: Path) -> dict[str, list[dict]]:
             try:
                 obj = json.loads(line)
                 ident = obj.get("narration_id") or obj["key"]
-                items = [{"kind": str(b["kind"]), "box": [float(v) for v in b["box"]][:4],
-                          **({"name": str(b["name"])} if b.get("name") else {})} for b in obj["boxes"]]
+                items = box_items(obj["boxes"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise BadInput(f"{path}:{n}: not a boxes line ({e}); expected "
                                '{"narration_id": ..., "boxes": [{"kind": ..., "box": [x0, y0, x1, y1]}]}') from None
@@ -284,6 +309,10 @@ def read_annotations(dataset: str, path: Path, *, offsets: Offsets = Offsets(),
         actions, rejects = read_epic_csv(path, offsets)
     elif dataset == EGO4D:
         actions, rejects = read_ego4d_json(path)
+    elif dataset in (MANIFEST, PAIRS):
+        from lego_core.data import own
+
+        actions, rejects = (own.read_manifest(path, offsets) if dataset == MANIFEST else own.read_pairs(path))
     else:
         raise BadInput(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if boxes_file is not None:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from lego_core.data.annotations import EPIC, Action, Offsets, Reject, epic_frames_fps, read_annotations
+from lego_core.data.annotations import (
+    EPIC, MANIFEST, PAIRS, Action, Offsets, Reject, epic_frames_fps, read_annotations,
+)
 from lego_core.errors import BadInput
 from lego_core.provenance import pin_settings
 
@@ -124,7 +126,7 @@ def find_frames_dir(root: Path, video_id: str) -> Path | None:
 class VideoJob:
     video_id: str
     source: str | None            # a video file or a frames folder; None: not found
-    mode: str                     # "video" or "frames"
+    mode: str                     # "video", "frames" or "images" (a folder of image pairs)
     actions: list[Action]
     size: int
     resize: str
@@ -137,6 +139,15 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def _sample(action: Action, x: Image.Image, y: Image.Image, meta: dict, quality: int) -> dict:
+    """One sample; a description the annotations already give is its curated.txt."""
+    sample = {"__key__": action.key, "input.jpg": _jpeg(x, quality), "target.jpg": _jpeg(y, quality),
+              "meta.json": meta}
+    if action.description:
+        sample["curated.txt"] = action.description
+    return sample
 
 
 def _meta(action: Action, fps: float, width: int, height: int, times: tuple[float, float], source: str) -> dict:
@@ -158,6 +169,11 @@ def extract_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
     try:
         if job.mode == "video":
             return _pairs_from_video(job)
+        if job.mode == "images":
+            from lego_core.data.own import pairs_from_images
+
+            return pairs_from_images(Path(job.source), job.actions, job.size, job.resize,
+                                     lambda a, x, y, meta: _sample(a, x, y, meta, job.quality))
         return _pairs_from_frames(job)
     except Exception as e:  # noqa: BLE001 - one broken video must not end a long job
         return [], [Reject(a.key, "video failed", f"{type(e).__name__}: {e}") for a in job.actions]
@@ -171,7 +187,8 @@ def _pairs_from_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
     except FrameError as e:
         return [], [Reject(a.key, e.reason, e.detail) for a in job.actions]
     with reader:
-        requests = sorted({t for a in job.actions for t in (a.t_input, a.t_target)})
+        actions = [a.at_rate(reader.info.fps) for a in job.actions]
+        requests = sorted({t for a in actions for t in (a.t_input, a.t_target)})
         grabbed = {}
         for t in requests:
             try:
@@ -180,15 +197,14 @@ def _pairs_from_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
                 grabbed[t] = e
         info = reader.info
     samples, rejects = [], []
-    for a in job.actions:
+    for a in actions:
         x, y = grabbed[a.t_input], grabbed[a.t_target]
         bad = x if isinstance(x, FrameError) else y if isinstance(y, FrameError) else None
         if bad is not None:
             rejects.append(Reject(a.key, bad.reason, bad.detail))
             continue
         meta = _meta(a, info.fps, info.width, info.height, (x.time, y.time), "video")
-        samples.append({"__key__": a.key, "input.jpg": _jpeg(x.image, job.quality),
-                        "target.jpg": _jpeg(y.image, job.quality), "meta.json": meta})
+        samples.append(_sample(a, x.image, y.image, meta, job.quality))
     return samples, rejects
 
 
@@ -228,8 +244,7 @@ def _pairs_from_frames(job: VideoJob) -> tuple[list[dict], list[Reject]]:
         meta = _meta(a, fps, width, height, (numbers[0] / fps, numbers[1] / fps), "frames")
         meta.update(frame_input=numbers[0], frame_target=numbers[1])
         x, y = (resize_image(im, job.size, job.resize) for im in images)
-        samples.append({"__key__": a.key, "input.jpg": _jpeg(x, job.quality),
-                        "target.jpg": _jpeg(y, job.quality), "meta.json": meta})
+        samples.append(_sample(a, x, y, meta, job.quality))
     return samples, rejects
 
 
@@ -242,7 +257,14 @@ def _jobs(actions: list[Action], cfg: ExtractConfig, workers: int) -> list[Video
     by_video: dict[str, list[Action]] = {}
     for a in actions:
         by_video.setdefault(a.video_id, []).append(a)
-    if cfg.videos:
+    if cfg.dataset == PAIRS:
+        from lego_core.data.own import pairs_folder
+
+        source, mode = {v: str(pairs_folder(cfg.annotations)) for v in by_video}, "images"
+    elif cfg.dataset == MANIFEST:       # the video column is a path under --videos
+        source = {v: str(Path(cfg.videos) / v) if (Path(cfg.videos) / v).is_file() else None for v in by_video}
+        mode = "video"
+    elif cfg.videos:
         index = index_videos(Path(cfg.videos))
         source = {v: str(index[v]) if v in index else None for v in by_video}
         mode = "video"
@@ -252,7 +274,7 @@ def _jobs(actions: list[Action], cfg: ExtractConfig, workers: int) -> list[Video
         mode = "frames"
     jobs = []
     for video_id, acts in sorted(by_video.items()):
-        acts.sort(key=lambda a: (a.t_input, a.t_target, a.key))
+        acts.sort(key=Action.order)
         for chunk in _split(acts, _pieces(len(acts), len(actions), workers)):
             jobs.append(VideoJob(video_id, source[video_id], mode, chunk, cfg.size, cfg.resize,
                                  cfg.quality, cfg.frames_fps, decoder_threads=workers == 1))
@@ -274,13 +296,16 @@ def _split(items: list, parts: int) -> list[list]:
 
 def check_config(cfg: ExtractConfig) -> None:
     """Usage errors before any work: exactly one source, existing folders, sane numbers."""
-    if bool(cfg.videos) == bool(cfg.frames):
+    if cfg.dataset == PAIRS:
+        if cfg.videos or cfg.frames:
+            raise BadInput("--dataset pairs reads images named in the --annotations file; drop --videos/--frames")
+    elif bool(cfg.videos) == bool(cfg.frames):
         raise BadInput("give exactly one of --videos DIR or --frames DIR")
     folder = cfg.videos or cfg.frames
-    if not Path(folder).is_dir():
+    if folder and not Path(folder).is_dir():
         raise BadInput(f"{'videos' if cfg.videos else 'frames'} folder does not exist: {folder}")
     if cfg.frames and cfg.dataset != EPIC:
-        raise BadInput("--frames reads EPIC-KITCHENS' released RGB frames; for Ego4D pass --videos DIR")
+        raise BadInput("--frames reads EPIC-KITCHENS' released RGB frames; for other datasets pass --videos DIR")
     if cfg.resize not in ("short", "square"):
         raise BadInput(f"--resize must be 'short' or 'square', not {cfg.resize!r}")
     if not 1 <= cfg.quality <= 100:

@@ -62,6 +62,10 @@ FIELDS: dict[str, FieldSpec] = {
 
 REQUIRED = tuple(name for name, f in FIELDS.items() if f.required)
 
+# A pair made from two images the user already had (`lego extract --dataset pairs`) comes from no
+# video: its meta.json says so with this `source` and names the two images instead of video times.
+IMAGES_SOURCE = "images"
+
 BOX_KINDS = ("left_hand", "right_hand", "hand", "object", "object_of_change", "tool")
 
 # Characters that must not appear in a key: "." (webdataset splits the member name at the first dot),
@@ -116,7 +120,10 @@ class Box:
 
 @dataclass
 class SampleMeta:
-    """The contents of ``meta.json``. Unknown keys are kept in ``extra`` and written back flat."""
+    """The contents of ``meta.json``. Unknown keys are kept in ``extra`` and written back flat.
+
+    ``t_input``, ``t_target`` and ``fps`` are None for a pair made from images (no video); its
+    ``extra`` then holds ``source`` = "images", ``input_image`` and ``target_image``."""
 
     dataset: str
     video_id: str
@@ -124,11 +131,11 @@ class SampleMeta:
     label: str
     verb: str
     noun: str
-    t_input: float
-    t_target: float
-    fps: float
     width: int
     height: int
+    t_input: float | None = None
+    t_target: float | None = None
+    fps: float | None = None
     boxes: list[Box] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -144,13 +151,13 @@ class SampleMeta:
             "label": self.label,
             "verb": self.verb,
             "noun": self.noun,
-            "t_input": float(self.t_input),
-            "t_target": float(self.t_target),
-            "fps": float(self.fps),
             "width": int(self.width),
             "height": int(self.height),
             "boxes": [b.to_dict() if isinstance(b, Box) else dict(b) for b in self.boxes],
         }
+        for k in ("t_input", "t_target", "fps"):
+            if getattr(self, k) is not None:
+                d[k] = float(getattr(self, k))
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
@@ -166,7 +173,7 @@ class SampleMeta:
             raise BadInput(problems[0])
         known = {f for f in cls.__dataclass_fields__ if f not in ("boxes", "extra")}
         return cls(
-            **{k: d[k] for k in known},
+            **{k: d[k] for k in known if k in d},
             boxes=[Box(b["kind"], tuple(float(v) for v in b["box"]), b.get("name")) for b in d["boxes"]],
             extra={k: v for k, v in d.items() if k not in known and k != "boxes"},
         )
@@ -184,7 +191,12 @@ class SampleMeta:
 
 _META_STR = ("dataset", "video_id", "action_id", "label", "verb", "noun")
 _META_NONEMPTY = ("dataset", "video_id", "action_id", "label")
+_PAIR_IMAGES = ("input_image", "target_image")
 
+
+def is_image_pair(d: Mapping[str, Any]) -> bool:
+    """Whether a parsed meta.json describes a pair made from two images rather than a video."""
+    return d.get("source") == IMAGES_SOURCE
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -203,6 +215,31 @@ def meta_problems(d: Any) -> list[str]:
             out.append(f"meta.json: {k} is not a string")
         elif k in _META_NONEMPTY and not d[k].strip():
             out.append(f"meta.json: {k} is empty")
+    if is_image_pair(d):
+        out.extend(_image_pair_problems(d))
+    else:
+        out.extend(_video_time_problems(d))
+    for k in ("width", "height"):
+        if k not in d:
+            out.append(f"meta.json: {k} is missing")
+        elif not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] <= 0:
+            out.append(f"meta.json: {k} is not a positive integer")
+    if "boxes" not in d:
+        out.append("meta.json: boxes is missing")
+    elif not isinstance(d["boxes"], list):
+        out.append("meta.json: boxes is not a list")
+    else:
+        for b in d["boxes"]:
+            p = box_problem(b)
+            if p:
+                out.append(p)
+                break  # one box problem is enough to reject; keeps the count per sample at one
+    return out
+
+
+def _video_time_problems(d: Mapping[str, Any]) -> list[str]:
+    """A pair from a video says where in it X and Y are: t_input <= t_target seconds at fps."""
+    out = []
     for k in ("t_input", "t_target"):
         if k not in d:
             out.append(f"meta.json: {k} is missing")
@@ -216,25 +253,22 @@ def meta_problems(d: Any) -> list[str]:
         out.append("meta.json: fps is missing")
     elif not _is_number(d["fps"]) or d["fps"] <= 0:
         out.append("meta.json: fps is not a positive number")
-    for k in ("width", "height"):
-        if k not in d:
-            out.append(f"meta.json: {k} is missing")
-        elif not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] <= 0:
-            out.append(f"meta.json: {k} is not a positive integer")
-    if "boxes" not in d:
-        out.append("meta.json: boxes is missing")
-    elif not isinstance(d["boxes"], list):
-        out.append("meta.json: boxes is not a list")
-    else:
-        for b in d["boxes"]:
-            p = _box_problem(b)
-            if p:
-                out.append(p)
-                break  # one box problem is enough to reject; keeps the count per sample at one
     return out
 
 
-def _box_problem(b: Any) -> str | None:
+def _image_pair_problems(d: Mapping[str, Any]) -> list[str]:
+    """A pair made from two images has no video times: it names the two images it came from."""
+    out = []
+    for k in _PAIR_IMAGES:
+        if not isinstance(d.get(k), str) or not d[k].strip():
+            out.append(f"meta.json: {k} is missing or empty (a pair made from images names them)")
+    for k in ("t_input", "t_target", "fps"):
+        if d.get(k) is not None and not _is_number(d[k]):
+            out.append(f"meta.json: {k} is not a number")
+    return out
+
+
+def box_problem(b: Any) -> str | None:
     if not isinstance(b, dict):
         return "meta.json: a box is not an object"
     if b.get("kind") not in BOX_KINDS:
