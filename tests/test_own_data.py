@@ -215,3 +215,23 @@ def test_curate_keeps_descriptions_samples_already_have(pairs, tmp_path):
     samples = read_shards(tmp_path / "curated")
     assert samples["pairs-pairs-0001"]["curated.txt"].decode() == "A knife halves the onion on the board."
     assert samples["pairs-pairs-b_in_jpg-b_out_jpg"]["curated.txt"]      # written by the template
+
+
+def test_frame_numbers_are_exact_in_a_variable_frame_rate_video(tmp_path):
+    """A phone that drops frames: frame n is not at n / fps, and the manifest's frame n is still frame n."""
+    write_indexed_video(tmp_path / "v/phone.mp4", 60, fps=Fraction(30), width=96, height=64,
+                        timestamps=lambda i: i + i // 10)           # every 10th frame slot skipped
+    manifest = write_csv(tmp_path / "m.csv", [
+        {"video": "phone.mp4", "label": "cut onion", "input_frame": 5, "target_frame": 45},
+        {"video": "phone.mp4", "label": "open lid", "input_time": 1.0, "target_time": 1.99},
+        {"video": "phone.mp4", "label": "too far", "input_frame": 5, "target_frame": 60},
+    ])
+    summary = extract("--dataset", "manifest", "--annotations", manifest, "--videos", tmp_path / "v",
+                      "--out", tmp_path / "out/m-%06d.tar", "--size", 0)
+    assert rejects(summary) == {"manifest-phone_mp4-f5-f60": "frame past the end"}
+    samples = read_shards(tmp_path / "out")
+    got = {k: (frame_index(s["input.jpg"]), frame_index(s["target.jpg"])) for k, s in samples.items()}
+    # by time: pts 30 is frame 28 (28 + 2), 1.99 s is nearest pts 60 = frame 55 (55 + 5)
+    assert got == {"manifest-phone_mp4-f5-f45": (5, 45), "manifest-phone_mp4-t1-t1_99": (28, 55)}
+    meta = json.loads(samples["manifest-phone_mp4-f5-f45"]["meta.json"])
+    assert meta["t_target"] == pytest.approx(49 / 30)

@@ -47,19 +47,19 @@ class Action:
     height: int | None = None
     boxes: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
-    frames: tuple[int, int] | None = None   # X and Y as frame numbers (from 0), resolved by `at_rate`
+    frames: tuple[int, int] | None = None   # X and Y as frame numbers (from 0), resolved by `at_frame_times`
     description: str | None = None          # a description the user already has: becomes curated.txt
     key: str = field(init=False)
 
     def __post_init__(self):
         self.key = make_key(self.dataset, self.video_id, self.action_id)
 
-    def at_rate(self, fps: float) -> "Action":
-        """This action with its frame numbers turned into times at the video's own rate: frame n of a
-        constant-rate video is shown at n / fps, which is the frame `VideoReader.frame_at` picks."""
+    def at_frame_times(self, frame_time) -> "Action":
+        """This action with its frame numbers turned into times by `frame_time(n)` (the video's
+        `VideoReader.frame_time`), so that `frame_at` picks exactly frame n."""
         if self.frames is None:
             return self
-        return replace(self, t_input=self.frames[0] / fps, t_target=self.frames[1] / fps)
+        return replace(self, t_input=frame_time(self.frames[0]), t_target=frame_time(self.frames[1]))
 
     def order(self) -> tuple:
         """Where the action sits in its video, for ordering the work only (frame numbers are placed as

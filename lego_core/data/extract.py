@@ -186,8 +186,13 @@ def _pairs_from_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
         reader = VideoReader(job.source, size=job.size, resize=job.resize, threads=job.decoder_threads)
     except FrameError as e:
         return [], [Reject(a.key, e.reason, e.detail) for a in job.actions]
+    samples, rejects, actions = [], [], []
     with reader:
-        actions = [a.at_rate(reader.info.fps) for a in job.actions]
+        for a in job.actions:
+            try:
+                actions.append(a.at_frame_times(reader.frame_time))
+            except FrameError as e:
+                rejects.append(Reject(a.key, e.reason, e.detail))
         requests = sorted({t for a in actions for t in (a.t_input, a.t_target)})
         grabbed = {}
         for t in requests:
@@ -196,7 +201,6 @@ def _pairs_from_video(job: VideoJob) -> tuple[list[dict], list[Reject]]:
             except FrameError as e:
                 grabbed[t] = e
         info = reader.info
-    samples, rejects = [], []
     for a in actions:
         x, y = grabbed[a.t_input], grabbed[a.t_target]
         bad = x if isinstance(x, FrameError) else y if isinstance(y, FrameError) else None

@@ -2,7 +2,7 @@
 
 `read_manifest` reads a CSV or JSONL file with one row per action: ``video`` (a path relative to
 ``--videos``), ``label``, and the two frames in ONE of three forms: ``input_frame``/``target_frame``
-(frame numbers from 0, resolved against the video's own rate when it is read),
+(frame numbers from 0, turned into the frames' own times when the video is read),
 ``input_time``/``target_time`` (seconds; the frame whose timestamp is nearest), or
 ``start_time``/``stop_time`` (the EPIC-KITCHENS rule with ``--input-offset``/``--target-fraction``).
 Optional: ``id``, ``verb``, ``noun``, ``description`` (stored as curated.txt), ``boxes`` (JSON).

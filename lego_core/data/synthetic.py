@@ -315,7 +315,7 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
                         height: int = 360, gop_seconds: float = 1.0, bframes: int = 3, crf: int = 20,
                         preset: str = "veryfast", seed: int = 0,
                         hands: Callable[[int], Sequence[tuple[float, float]]] | None = None,
-                        threads: int = 0) -> dict:
+                        threads: int = 0, timestamps: Callable[[int], int] | None = None) -> dict:
     """Write `n_frames` rendered frames as H.264 (libx264, yuv420p) with B-frames and a closed
     GOP of round(gop_seconds·fps) frames, to MP4 (or what the suffix names).
 
@@ -323,7 +323,9 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
     look like to a decoder, and what extraction code must get right. Keyframes are forced
     regular (keyint_min = g, scenecut off) so seeking behaves the same on every GOP. Written to
     a temporary name and renamed, so a finished file is never half-written. `hands` maps a
-    frame index to the two palm centres (default: idle paths). Returns the video's facts.
+    frame index to the two palm centres (default: idle paths). `timestamps` maps a frame index to
+    its pts in 1/fps units (default: the index); gaps make a variable-frame-rate video, as a phone
+    that drops frames writes. Returns the video's facts.
     """
     import av
 
@@ -355,7 +357,7 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
             for i in range(n_frames):
                 rgb = render_frame(i, width, height, seed=seed, hands=hands(i) if hands else None)
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                frame.pts, frame.time_base = i, time_base
+                frame.pts, frame.time_base = (timestamps(i) if timestamps else i), time_base
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
         os.replace(tmp, path)

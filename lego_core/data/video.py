@@ -89,6 +89,12 @@ class VideoReader:
         self._target = 0.0           # packets before (target - 1.5 frames) may skip non-ref frames
         self._last_key: float | None = None
         self._gop: float | None = None
+        self._path = str(path)
+        # A constant-rate video shows frame n at n / fps; a variable-rate one (a phone dropping
+        # frames) says so by an average rate other than its base rate, and its frames' times are read
+        # from its packets once, when a frame number is first asked for.
+        self.constant_rate = self.stream.average_rate is not None and self.stream.average_rate == self.stream.base_rate
+        self._frame_times: list[float] | None = None
 
     def close(self) -> None:
         self.container.close()
@@ -142,6 +148,17 @@ class VideoReader:
         # Decoding on is cheaper than a seek while t lies in the GOP already being decoded.
         return self._last_key is None or self._gop is None or t >= self._last_key + self._gop
 
+    def frame_time(self, n: int) -> float:
+        """When frame n (counting from 0 in presentation order, as ffmpeg's select=eq(n,N)) is shown,
+        in seconds from the start."""
+        if self.constant_rate:
+            return n / self.info.fps
+        if self._frame_times is None:
+            self._frame_times = frame_times(self._path, self.start)
+        if n >= len(self._frame_times):
+            raise FrameError("frame past the end", f"frame {n} of {len(self._frame_times)}")
+        return self._frame_times[n]
+
     def frame_at(self, t: float) -> GrabbedFrame:
         """The frame whose timestamp is nearest to t (seconds from the start)."""
         if t < 0:
@@ -169,6 +186,19 @@ class VideoReader:
         w, h = self.out_size
         image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_image()
         return GrabbedFrame(image=image, time=best_t)
+
+
+def frame_times(path: str | Path, start: float = 0.0) -> list[float]:
+    """Every frame's presentation time (seconds from `start`), in order, from the packets alone:
+    the file is read through once, nothing is decoded."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            tb = stream.time_base
+            times = [float(p.pts * tb) - start for p in container.demux(stream) if p.pts is not None and p.size]
+    except (av.error.FFmpegError, OSError) as e:
+        raise FrameError("unreadable video", str(e)) from None
+    return sorted(times)
 
 
 def grab_frames(path: str | Path, times: Sequence[float], *, size: int | None = None,
