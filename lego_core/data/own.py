@@ -47,13 +47,21 @@ class RowError(ValueError):
 # Reading rows
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not a UTF-8 text file ({e}); {what}") from None
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    return path.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{")
+
+
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
     """(line number, row) for a CSV (a header row) or JSONL (one object a line) manifest."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: not a text file ({e}); a manifest is a CSV or JSONL file") from None
-    if path.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{"):
+    text = _read_text(path, "a manifest is a CSV or JSONL file")
+    if _is_jsonl(path, text):
         yield from _jsonl_rows(text)
         return
     reader = csv.DictReader(text.splitlines())
@@ -109,7 +117,7 @@ def _seconds(value: Any, name: str) -> float:
 
 def _boxes(value: Any) -> list[dict]:
     """The `boxes` column: JSON text (CSV) or a list (JSONL), the shape `--boxes` takes."""
-    if not _given({"b": value}, "b"):
+    if value is None or (isinstance(value, str) and not value.strip()):
         return []
     try:
         items = box_items(json.loads(value) if isinstance(value, str) else value)
@@ -204,12 +212,13 @@ def _number(t: float) -> str:
 
 def read_pairs(path: Path) -> tuple[list[Action], list[Reject]]:
     """Plan the pairs of a JSONL of image pairs; the images are checked when they are read."""
-    if path.suffix.lower() not in (".jsonl", ".json") and not path.read_text(errors="replace").lstrip().startswith("{"):
-        raise BadInput(f"{path}: --dataset pairs reads a JSONL file, one "
-                       '{"input": "a.jpg", "target": "b.jpg", "label": ...} a line')
+    expected = 'one {"input": "a.jpg", "target": "b.jpg", "label": ...} a line'
+    text = _read_text(path, f"--dataset pairs reads a JSONL file, {expected}")
+    if not _is_jsonl(path, text):
+        raise BadInput(f"{path}: --dataset pairs reads a JSONL file, {expected}")
     collection = path.stem          # the pairs' "video": the file they are listed in
     actions, rejects = [], []
-    for n, row in _jsonl_rows(path.read_text(encoding="utf-8-sig")):
+    for n, row in _jsonl_rows(text):
         try:
             if isinstance(row, RowError):
                 raise row
