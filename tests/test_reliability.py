@@ -325,3 +325,103 @@ def test_curate_does_not_pay_again_for_a_rejected_sample(tmp_path, monkeypatch):
         assert json.loads(r.output)["skipped_total"] == 1
         r = run_cli(*args, "--retry-rejected")
         assert r.exit_code == 0 and llm.total == 1 and json.loads(r.output)["written"] == 1, r.output
+
+
+# --- 2. evaluate --model never scores another model's images -----------------------------------------
+
+
+def test_evaluate_model_regenerates_for_another_model_and_refuses_a_missing_one(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.kit import make_tiny_instruct_pix2pix
+
+    base = make_tiny_instruct_pix2pix(tmp_path / "ip2p", sample_size=8)
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_from_pretrained(base, conditioning="label", vllm=16).save_pretrained(a)
+    shutil.copytree(a, b)
+    weights = next((b / "unet").glob("*.safetensors"))
+    save_file({k: v * 1.5 + 0.01 for k, v in load_file(weights).items()}, weights)   # "retrained": same sizes
+
+    def run(model):
+        return run_cli("-q", "evaluate", EGO4D, "--model", model, "--metrics", "psnr", "--steps", "2", "--size", "16",
+                       "-o", tmp_path / "eval", "--json")
+
+    def images():
+        folder = tmp_path / "eval" / "generated"
+        return {p.name: p.read_bytes() for p in folder.glob("*.png")}
+
+    r = run(a)
+    assert r.exit_code == 0, r.output
+    first, psnr_a = images(), json.loads(r.stdout)
+    assert len(first) == 6 and (tmp_path / "eval" / "generated" / "provenance.json").is_file()
+    assert run(a).exit_code == 0 and images() == first          # same model, same settings: reused
+    r = run(b)
+    assert r.exit_code == 0, r.output
+    assert images().keys() == first.keys() and all(images()[k] != first[k] for k in first)
+    assert json.loads(r.stdout) != psnr_a
+    err = one_line_error(run(tmp_path / "missing"))
+    assert "model folder not found" in err
+
+
+# --- 9/10. generate: oversized images are bad input, --batch keys are checked ---------------------------
+
+
+@pytest.fixture(scope="module")
+def lego_model(tmp_path_factory):
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.kit import make_tiny_instruct_pix2pix
+
+    root = tmp_path_factory.mktemp("lego")
+    base = make_tiny_instruct_pix2pix(root / "ip2p", sample_size=8)
+    build_from_pretrained(base, conditioning="description", vllm=16).save_pretrained(root / "model")
+    return root / "model"
+
+
+def _frame(path: Path, size=(40, 30)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, (120, 60, 30)).save(path)
+    return path
+
+
+def test_generate_oversized_image_is_exit_2_and_skipped_in_a_batch(tmp_path, lego_model, monkeypatch):
+    from PIL import Image
+
+    small, big = _frame(tmp_path / "small.png", (20, 10)), _frame(tmp_path / "big.png", (80, 60))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)       # big.png: 4800 pixels > 2 x 1000, a "bomb"
+    fast = ["--model", lego_model, "--steps", "1", "--size", "16"]
+    err = one_line_error(run_cli("generate", big, "cut onion", *fast, "-o", tmp_path / "one.png"))
+    assert "too large" in err and not (tmp_path / "one.png").exists()
+    requests = tmp_path / "req.jsonl"
+    requests.write_text("\n".join(json.dumps(r) for r in [
+        {"key": "a", "image": str(small), "prompt": "cut onion"},
+        {"key": "b", "image": str(big), "prompt": "cut onion"},
+        {"key": "a", "image": str(small), "prompt": "wash plate"},
+    ]) + "\n")
+    r = run_cli("generate", "--batch", requests, *fast, "-o", tmp_path / "gen")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["a.png"]
+    assert "skipped 2" in r.stderr and "already had an image" not in r.stderr
+
+
+def test_generate_batch_with_an_empty_key_is_refused(tmp_path, lego_model):
+    requests = tmp_path / "req.jsonl"
+    requests.write_text(json.dumps({"key": "", "image": str(_frame(tmp_path / "f.png")), "prompt": "cut onion"}) + "\n")
+    err = one_line_error(run_cli("generate", "--batch", requests, "--model", lego_model, "-o", tmp_path / "gen"))
+    assert "cannot be a file name" in err and not (tmp_path / "gen" / ".png").exists()
+
+
+def test_generated_images_are_written_under_a_temp_name_with_the_pid(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lego_core.diffusion import generate as G
+
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(G.os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
+    G.save_image(Image.new("RGB", (4, 4)), tmp_path / "k.png")
+    assert seen == [f".k.png.tmp-{os.getpid()}"]

@@ -91,7 +91,12 @@ def _run_batch(generator, requests, out, overwrite, report):
 
     skipped, done, todo, files = [], 0, [], {}
     n = generator.options.num_images
+    seen = set()
     for req in requests:
+        if req["key"] in seen:                    # its image would overwrite (or pass for) the first one's
+            skipped.append((req["key"], "duplicate key: an earlier request has it"))
+            continue
+        seen.add(req["key"])
         paths = numbered(Path(out) / f"{req['key']}.png", n)
         if all(p.exists() for p in paths) and not overwrite:
             done += 1

@@ -37,6 +37,8 @@ def load_image(path: str | Path) -> Image.Image:
             im.load()
     except FileNotFoundError:
         raise BadInput(f"image not found: {path}") from None
+    except Image.DecompressionBombError as e:       # not an OSError: it would be a crash (exit 1)
+        raise BadInput(f"image {path} is too large to open safely: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise BadInput(f"cannot read image {path}: {e}") from None
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
@@ -83,7 +85,7 @@ def output_paths(prompts: list[str], out: str | None, image_path: str | Path, nu
 def save_image(image: Image.Image, path: Path) -> None:
     """Write via a temporary name so a killed run never leaves a half-written image."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")     # two runs writing one folder never collide
     image.save(tmp, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
     os.replace(tmp, path)
 
@@ -103,7 +105,7 @@ def read_batch_file(path: str | Path) -> list[dict]:
             request = {"key": str(obj["key"]), "image": str(obj["image"]), "prompt": str(obj["prompt"])}
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise BadInput(f"{path}:{n}: expected {{\"key\": ..., \"image\": ..., \"prompt\": ...}} ({e})") from None
-        if "/" in request["key"] or request["key"].startswith("."):
+        if not request["key"].strip() or "/" in request["key"] or request["key"].startswith("."):
             raise BadInput(f"{path}:{n}: key {request['key']!r} cannot be a file name")
         requests.append(request)
     return requests

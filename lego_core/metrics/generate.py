@@ -8,7 +8,8 @@ else `enriched.txt`, else `curated.txt`, else the label) and — for models that
 VLLM embeddings `vllm_img.npy` / `vllm_txt.npy` from the shards, or computed with `--vllm`. Then
 `runner.evaluate` scores that folder exactly as `--generated DIR` would. Rerunning skips keys whose
 image exists (each PNG is written to a temp name and renamed, so a finished file is never
-half-written).
+half-written) when `provenance.json` says it came from the same model files and settings;
+otherwise the folder's images are made again.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ def generate_folder(shards, model: str, folder: str, *, vllm: str | None = None,
     from lego_core.data.shards import SkipStats, iter_samples
 
     opts = GenerateOptions(**{"progress": False, **options})
-    done = {os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".png")} if os.path.isdir(folder) else set()
+    done, begin = _images_of_the_same_run(folder, model, vllm, opts)
     stats = SkipStats()
     generator = None
+
+    def start():
+        g = _generator(model, vllm, opts)    # a refused option (exit 2) fails here: nothing touched yet
+        begin()
+        return g
+
     batch: list[dict] = []
     # Streamed in chunks of batch_size samples, the models loaded once on the first chunk that needs them.
     for sample in iter_samples(shards, stats=stats):
@@ -39,14 +46,62 @@ def generate_folder(shards, model: str, folder: str, *, vllm: str | None = None,
             continue
         batch.append(sample)
         if len(batch) == opts.batch_size:
-            generator = _write(folder, batch, generator or _generator(model, vllm, opts))
+            generator = _write(folder, batch, generator or start())
             batch = []
     if batch:
-        _write(folder, batch, generator or _generator(model, vllm, opts))
+        generator = _write(folder, batch, generator or start())
+    if generator is None:
+        begin()                               # nothing to generate: the record still names these images
     if stats.total:
         log.warning("generation: %s", stats.summary())
-    os.makedirs(folder, exist_ok=True)       # only now: a refused option (exit 2) leaves no folder behind
     return folder
+
+
+PROVENANCE = "provenance.json"
+
+
+def provenance(model: str, vllm: str | None, opts: GenerateOptions) -> dict:
+    """What decides the images in a generated folder: the models by their files, the sampling
+    settings, the question the VLLM is asked, the post-processing (not batch size or device)."""
+    from lego_core.provenance import model_identity
+    from lego_core.vllm.templates import INFERENCE_QUESTION
+
+    return {"model": model_identity(model), "vllm": model_identity(vllm), "steps": opts.steps,
+            "guidance": opts.guidance, "image_guidance": opts.image_guidance, "seed": opts.seed, "size": opts.size,
+            "dtype": opts.dtype, "vllm_dtype": opts.vllm_dtype if vllm else None,
+            "vllm_quantize": opts.vllm_quantize if vllm else None, "max_new_tokens": opts.max_new_tokens if vllm else None,
+            "greedy": opts.greedy if vllm else None, "question": INFERENCE_QUESTION if vllm else None,
+            "post_processing": "resized back to the input's aspect ratio (bicubic), PNG"}
+
+
+def _images_of_the_same_run(folder: str, model: str, vllm: str | None, opts: GenerateOptions):
+    """(keys whose image in `folder` was made by this model with these settings, a function to
+    call before writing any image). The images are trusted when `provenance.json` beside them
+    matches; images from another model or other settings, or of unknown origin, are removed by
+    that function (only `{key}.png` files: what this module writes) and made again."""
+    from lego_core.device import looks_local
+    from lego_core.errors import BadInput
+    from lego_core.provenance import differences, read_record, write_record
+
+    if looks_local(model) and not os.path.isdir(model):
+        raise BadInput(f"model folder not found: {model} (train one with `lego train`, or pass a diffusers folder)")
+    want = provenance(model, vllm, opts)
+    pngs = [f for f in os.listdir(folder) if f.endswith(".png")] if os.path.isdir(folder) else []
+    record = os.path.join(folder, PROVENANCE)
+    before = read_record(record) if os.path.isfile(record) else None
+    stale = pngs if before != want else []
+
+    def begin() -> None:
+        if stale:
+            why = "; ".join(differences(before, want)) if before else f"no {PROVENANCE} beside them"
+            log.warning("%s: %d image(s) were generated differently (%s): generating them again", folder,
+                        len(stale), why)
+            for f in stale:
+                os.remove(os.path.join(folder, f))
+        os.makedirs(folder, exist_ok=True)
+        write_record(record, want)
+
+    return {os.path.splitext(f)[0] for f in pngs if f not in stale}, begin
 
 
 def _generator(model: str, vllm: str | None, opts: GenerateOptions):
