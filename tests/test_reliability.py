@@ -425,3 +425,212 @@ def test_generated_images_are_written_under_a_temp_name_with_the_pid(tmp_path, m
     monkeypatch.setattr(G.os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
     G.save_image(Image.new("RGB", (4, 4)), tmp_path / "k.png")
     assert seen == [f".k.png.tmp-{os.getpid()}"]
+
+
+# --- 10/11. import: only ever replace what lego wrote; the base's own tokenizer class ------------------
+
+
+@pytest.fixture(scope="module")
+def plain_ckpt(tmp_path_factory):
+    """A tiny LEGO pipeline written as a tensors-only CompVis checkpoint, and its base folder."""
+    import torch
+
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.importers import compvis
+    from lego_core.kit import make_tiny_instruct_pix2pix
+
+    d = tmp_path_factory.mktemp("ckpt")
+    base = make_tiny_instruct_pix2pix(d / "base")
+    pipe = build_from_pretrained(base, conditioning="description", vllm=16)
+    state = compvis.to_compvis(unet=pipe.unet.state_dict(), unet_config=pipe.unet.config, vae=pipe.vae.state_dict(),
+                               vae_config=pipe.vae.config, text_encoder=pipe.text_encoder.state_dict(),
+                               conditioner=pipe.conditioner.state_dict())
+    torch.save({"state_dict": state}, d / "plain.ckpt")
+    return {"ckpt": d / "plain.ckpt", "base": base, "dir": d}
+
+
+def test_import_overwrite_never_deletes_a_folder_lego_did_not_write(tmp_path, plain_ckpt):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    r = run_cli("import", "checkpoint", plain_ckpt["ckpt"], "--out", out, "--base", plain_ckpt["base"], "--overwrite")
+    assert "import.json" in one_line_error(r)
+    assert (out / "thesis.tex").read_text() == "years of work"
+    # an earlier import is replaced; temp folders of a killed import are swept
+    model = tmp_path / "model"
+    dead = tmp_path / ".model.tmp-999999999"
+    (dead / "unet").mkdir(parents=True)
+    args = ["import", "checkpoint", plain_ckpt["ckpt"], "--out", model, "--base", plain_ckpt["base"]]
+    assert run_cli(*args).exit_code == 0
+    assert run_cli(*args, "--overwrite").exit_code == 0 and (model / "import.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model"]
+
+
+def test_import_with_a_base_keeps_the_base_tokenizer_class(tmp_path, plain_ckpt):
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from lego_core.diffusion.build import load_pipeline
+
+    base = tmp_path / "base"
+    shutil.copytree(plain_ckpt["base"], base)
+    n = json.loads((base / "text_encoder" / "config.json").read_text())["vocab_size"]
+    words = ["<unk>", "<pad>", "<s>", "</s>", "cut", "onion"] + [f"w{i}" for i in range(n - 6)]
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<s>", eos_token="</s>", model_max_length=77)
+    shutil.rmtree(base / "tokenizer")
+    tok.save_pretrained(base / "tokenizer")
+    index = json.loads((base / "model_index.json").read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    (base / "model_index.json").write_text(json.dumps(index))
+
+    r = run_cli("import", "checkpoint", plain_ckpt["ckpt"], "--out", tmp_path / "m", "--base", base)
+    assert r.exit_code == 0, r.output
+    imported = load_pipeline(tmp_path / "m").tokenizer
+    assert "CLIP" not in type(imported).__name__           # PreTrainedTokenizerFast (TokenizersBackend in 5.x)
+    assert imported("cut onion").input_ids == tok("cut onion").input_ids == [4, 5]
+
+
+# --- 10. train's export and checkpoint pruning leave nothing stale or half-deleted ---------------------
+
+
+def test_export_starts_from_an_empty_partial_folder(tmp_path):
+    from lego_core.diffusion.train import save_replacing
+
+    class Pipe:
+        def save_pretrained(self, folder):
+            os.makedirs(folder, exist_ok=True)
+            Path(folder, "model_index.json").write_text("{}")
+
+    stale = tmp_path / "model.partial" / "conditioner"
+    stale.mkdir(parents=True)                          # left by an export killed mid-way
+    (stale / "config.json").write_text("{}")
+    save_replacing(Pipe(), tmp_path / "model", {"resolution": 64, "validation_steps": 2})
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["lego.json", "model_index.json"]
+
+
+def test_checkpoint_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    from lego_core.engine import checkpoint as ckpt
+
+    for step in (1, 2, 3):
+        d = tmp_path / f"step-{step:08d}"
+        d.mkdir()
+        (d / "lego-state.json").write_text(json.dumps({"step": step}))
+        (d / "weights.pt").write_bytes(b"x")
+
+    def killed_midway(path, ignore_errors=False):   # the kill: one file gone, then nothing more
+        os.remove(os.path.join(path, "weights.pt"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune_checkpoints(tmp_path, 2, tmp_path / "step-00000003")
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    ckpt.sweep_partial(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000003"]
+
+
+# --- one table of bad inputs: exit code, one line, no traceback, nothing lost -------------------------
+
+
+def _single_file_rerun(tmp, request):
+    out = tmp / "all.tar"
+    assert run_cli("-q", "curate", EPIC, "--backend", "template", "--out", out, "--limit", "2").exit_code == 0
+    before = out.read_bytes()
+    return (["curate", EPIC, "--backend", "template", "--out", out, "--limit", "4"],
+            lambda: out.read_bytes() == before)
+
+
+def _strict_random_tar(tmp, request):
+    (tmp / "r.tar").write_bytes(os.urandom(3000))
+    return ["inspect", tmp / "r.tar", "--strict"], lambda: True
+
+
+def _missing_model_after_images(tmp, request):
+    gen = tmp / "eval" / "generated"
+    gen.mkdir(parents=True)
+    for key in keys_in(EGO4D):                   # an earlier model's images, one per sample
+        _frame(gen / f"{key}.png")
+    before = {p.name: p.read_bytes() for p in gen.iterdir()}
+    return (["evaluate", EGO4D, "--model", tmp / "nope", "--metrics", "psnr", "-o", tmp / "eval"],
+            lambda: {p.name: p.read_bytes() for p in gen.iterdir()} == before)
+
+
+def _key_over_plain_http(tmp, request):
+    request.getfixturevalue("monkeypatch").setenv("OPENAI_API_KEY", "sk-test-table-00000000")
+    return (["curate", EPIC, "--out", tmp / "c-%06d.tar", "--base-url", "http://192.0.2.1/v1"],
+            lambda: not list(tmp.glob("c-*.tar")))
+
+
+def _every_pair_rejected(tmp, request):
+    (tmp / "videos").mkdir()
+    return (["extract", "--dataset", "epic-kitchens", "--annotations", REPO / "tests/data/EPIC_100_train_excerpt.csv",
+             "--videos", tmp / "videos", "--out", tmp / "x-%06d.tar", "--limit", "3"],
+            lambda: (tmp / "x.rejects.jsonl").read_text().count("\n") == 3)
+
+
+def _broken_conditioner_config(tmp, request):
+    import shutil
+
+    model = tmp / "model"
+    shutil.copytree(request.getfixturevalue("lego_model"), model)
+    (model / "conditioner" / "config.json").write_text("{ not json")
+    frame = _frame(tmp / "f.png")
+    return ["generate", frame, "cut onion", "--model", model, "-o", tmp / "o.png"], lambda: not (tmp / "o.png").exists()
+
+
+def _unreadable_input_shard(tmp, request):
+    (tmp / "b.tar").write_bytes(os.urandom(3000))
+    base = request.getfixturevalue("lego_model").parent / "ip2p"
+    return (["train", EGO4D, tmp / "b.tar", "--base", base, "--conditioning", "label", "--out", tmp / "run",
+             "--max-steps", "1"], lambda: not (tmp / "run").exists())
+
+
+def _missing_base(tmp, request):
+    return (["train", EGO4D, "--base", tmp / "no-base", "--conditioning", "label", "--out", tmp / "run"],
+            lambda: not (tmp / "run").exists())
+
+
+def _empty_batch_key(tmp, request):
+    (tmp / "r.jsonl").write_text(json.dumps({"key": " ", "image": str(_frame(tmp / "f.png")), "prompt": "x"}) + "\n")
+    return (["generate", "--batch", tmp / "r.jsonl", "--model", request.getfixturevalue("lego_model"), "-o", tmp / "g"],
+            lambda: not (tmp / "g").exists())
+
+
+def _overwrite_a_folder_lego_did_not_write(tmp, request):
+    c = request.getfixturevalue("plain_ckpt")
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    return (["import", "checkpoint", c["ckpt"], "--out", tmp / "out", "--base", c["base"], "--overwrite"],
+            lambda: (tmp / "out" / "notes.txt").read_text() == "mine")
+
+
+BAD_INPUTS = {   # name: (setup -> (args, nothing_lost), exit code, words the line must hold[, words it must not])
+    "single-file --out rerun": (_single_file_rerun, 2, "%06d"),
+    "inspect --strict, random bytes": (_strict_random_tar, 1, "corrupt"),
+    "evaluate --model missing, images there": (_missing_model_after_images, 2, "model folder not found"),
+    "API key over plain http": (_key_over_plain_http, 2, "--allow-insecure-http"),
+    "extract, every pair rejected": (_every_pair_rejected, 2, "video not found"),
+    "broken conditioner/config.json": (_broken_conditioner_config, 2, "conditioner/config.json"),
+    "train, unreadable input shard": (_unreadable_input_shard, 2, "not a tar file", "--overwrite"),
+    "train, --base missing": (_missing_base, 2, "--base"),
+    "generate --batch, empty key": (_empty_batch_key, 2, "cannot be a file name"),
+    "import --overwrite, a folder lego did not write": (_overwrite_a_folder_lego_did_not_write, 2, "import.json"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_loses_nothing(name, tmp_path, request):
+    setup, code, words, *forbidden = BAD_INPUTS[name]
+    args, nothing_lost = setup(tmp_path, request)
+    r = run_cli("-q", *args)
+    err = one_line_error(r, code)
+    assert words in err and not any(f in err for f in forbidden), err
+    assert nothing_lost(), name

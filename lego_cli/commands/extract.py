@@ -87,3 +87,8 @@ def command(ctx, dataset, annotations, videos, frames, out, size, resize, qualit
         raise BadInput("--out PATTERN is required (e.g. --out data/epic-%06d.tar), or use --plan")
     summary = extract(cfg, progress=not quiet(ctx))
     echo_result(summary.to_dict() if as_json else "\n".join(summary.lines()), as_json)
+    if summary.written == 0 and summary.already_done == 0 and summary.skipped:
+        # nothing to train on: every pair was rejected (wrong --videos folder, unreadable videos, ...)
+        top, n = summary.skipped.most_common(1)[0]
+        raise BadInput(f"no pair written: all {sum(summary.skipped.values())} were rejected (most: {top}, {n}); "
+                       f"see {summary.rejects_file}")

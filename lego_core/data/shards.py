@@ -208,7 +208,7 @@ def prepare_output(pattern: str, *, overwrite: bool = False) -> tuple[set[str], 
         for p in done:
             os.remove(p)
         return set(), 0
-    keys = read_keys(done)
+    keys = read_keys(done, output=True)
     if keys and _placeholder(pattern) is None:
         # A single-file --out can only be rewritten whole: continuing would replace the samples
         # it holds with the new ones only.
@@ -533,9 +533,18 @@ def iter_samples(
             yield sample
 
 
-def read_keys(urls: str | Sequence[str]) -> set[str]:
+def tar_problem(e: BaseException) -> str:
+    """A tarfile error in one line: ``r:*``'s "could not be opened" lists one line per method."""
+    text = str(e)
+    if text.startswith("file could not be opened successfully"):
+        return "not a tar file (nor a gzip/bz2/xz-compressed one)"
+    return text.splitlines()[0].rstrip(":") if text else type(e).__name__
+
+
+def read_keys(urls: str | Sequence[str], *, output: bool = False) -> set[str]:
     """The sample keys in ``urls``, from the tar headers only (seeks over the data; no decoding).
-    Used to resume: the keys of finished shards are skipped. Raises `BadInput` on a corrupt shard."""
+    Used to resume (``output``: the keys of finished output shards are skipped) and to count
+    inputs. Raises `BadInput` on a corrupt shard, in one line with the advice that fits."""
     keys: set[str] = set()
     for url in expand_shards(urls) if urls else []:
         try:
@@ -546,7 +555,9 @@ def read_keys(urls: str | Sequence[str]) -> set[str]:
                 with tarfile.open(url, mode="r:*") as tar:
                     names = [i.name for i in tar if i.isreg()]
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise BadInput(f"cannot read shard {url}: {e}; delete it or rerun with --overwrite") from None
+            advice = ("delete it (a killed run never leaves one: something else damaged it) or rerun with --overwrite"
+                      if output else "an input shard: re-create it, or leave it out of the inputs")
+            raise BadInput(f"cannot read shard {url}: {tar_problem(e)}; {advice}") from None
         for n in names:
             m = _BASE_PLUS_EXT.match(n)
             if m and not _SKIP_META.match(n):

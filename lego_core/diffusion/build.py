@@ -107,9 +107,16 @@ def build_from_pretrained(base: str | Path, *, conditioning: str = "description+
 def folder_conditioning(folder: str | Path) -> str:
     """The conditioning a saved model was trained with, read from its config alone."""
     config = Path(folder) / "conditioner" / "config.json"
-    if config.is_file():
-        return json.loads(config.read_text()).get("conditioning", "description")
-    return "description"
+    if not config.is_file():
+        return "description"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{config}: not readable JSON ({e}); restore it from the trained model") from None
+    conditioning = data.get("conditioning", "description") if isinstance(data, dict) else None
+    if not isinstance(conditioning, str):
+        raise BadInput(f"{config}: no conditioning name in it; restore it from the trained model")
+    return conditioning
 
 
 def write_model_info(folder: str | Path, *, resolution: int, validation_steps: int, **extra) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lego_core.diffusion.build import write_model_info
+from lego_core.errors import BadInput
 from lego_core.engine.config import EngineOptions
 
 log = logging.getLogger("lego.train")
@@ -170,27 +171,32 @@ def train(cfg: TrainConfig) -> Path | None:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    from lego_core.data.shards import expand_shards
+    from lego_core.data.shards import expand_shards, read_keys
+    from lego_core.device import looks_local
     from lego_core.diffusion.data import check_shards_have
     from lego_core.engine.launch import detect_launch, init_distributed, shutdown
 
+    # Every check of the user's input before DeepSpeed starts or the run folder is made.
+    if looks_local(cfg.base) and not Path(cfg.base).is_dir():
+        raise BadInput(f"--base {cfg.base}: no such folder (an SD-1.5 or InstructPix2Pix diffusers folder, or a hub id)")
     urls = expand_shards(cfg.shards)
     first = check_shards_have(urls, cfg.conditioning, cfg.cached_latents)
+    n_samples = len(read_keys(urls))
     run = Path(cfg.out)
     dist_env = detect_launch()
     device, _ = init_distributed(dist_env)
     rank, world = dist_env.rank, dist_env.world_size
     try:
-        return _train(cfg, urls, first, run, rank, world, device)
+        return _train(cfg, urls, first, run, rank, world, device, n_samples)
     finally:
         shutdown()
 
 
-def _train(cfg, urls, first, run, rank, world, device) -> Path:
+def _train(cfg, urls, first, run, rank, world, device, n_samples: int) -> Path:
     import deepspeed
     from diffusers.training_utils import EMAModel
 
-    from lego_core.data.shards import SkipStats, make_dataset, read_keys
+    from lego_core.data.shards import SkipStats, make_dataset
     from lego_core.diffusion.build import build_from_pretrained, quiet_loading
     from lego_core.diffusion.data import DecodeSample, DecodeStage, collate, flip_batch, required_fields, vllm_width_of
     from lego_core.engine import checkpoint as ckpt
@@ -224,7 +230,6 @@ def _train(cfg, urls, first, run, rank, world, device) -> Path:
     ema = EMAModel(ema_inputs(params, zero3), decay=cfg.ema_decay) if cfg.ema else None
     ema_file = f"ema-rank{rank}.pt" if zero3 else "ema.pt"  # ZeRO-3: each rank averages its own partition
 
-    n_samples = len(read_keys(urls))
     total = steps_for(cfg, n_samples, world)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     if resume_from is not None:
@@ -349,16 +354,23 @@ def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3:
                 if part is not None and part.dtype != torch.float32:
                     part.to(torch.float32)
             pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
-            tmp = folder.with_name(folder.name + ".partial")
-            pipe.save_pretrained(tmp)
-            write_model_info(tmp, **info)
-            import shutil
-
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            save_replacing(pipe, folder, info)
     if dist.is_initialized():
         dist.barrier()
     return folder
+
+
+def save_replacing(pipe, folder: Path, info: dict) -> None:
+    """`pipe.save_pretrained` (and `lego.json`) into `folder.partial`, emptied first (a killed
+    export's files must not end up in the model), then swapped in for `folder`."""
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    write_model_info(tmp, **info)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 class _null:

@@ -48,7 +48,7 @@ def sweep_partial(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.name.endswith(".partial") or (_STEP.match(p.name) and not (p / "lego-state.json").exists()):
+            if p.name.endswith((".partial", ".pruned")) or (_STEP.match(p.name) and not (p / "lego-state.json").exists()):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -204,12 +204,23 @@ def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank:
             dest = _move_aside(folder, [final], f"replaced-{tag}")
             log.warning("%s already existed: moved to %s", final, dest)
         os.replace(partial, final)
-        # keep-K by step; never the checkpoint just saved, even if a stray newer one is there
-        for old in [p for p in complete_checkpoints(folder)[:-keep] if p != final] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(folder, keep, final)
     if dist.is_initialized():
         dist.barrier()
     return final
+
+
+def prune_checkpoints(folder: str | Path, keep: int, final: Path) -> None:
+    """Keep the newest `keep` checkpoints by step; never `final` (the one just saved), even if a
+    stray newer one is there. Each goes in one rename first (`step-N.pruned`, which is no longer
+    a checkpoint), so a kill during the deletion never leaves a half-deleted `step-N` to resume
+    from; `sweep_partial` removes what is left."""
+    if keep <= 0:
+        return
+    for old in [p for p in complete_checkpoints(folder)[:-keep] if p != final]:
+        gone = old.with_name(old.name + ".pruned")
+        os.replace(old, gone)
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def data_position(path: str | Path, *, rank: int, world_size: int) -> dict:

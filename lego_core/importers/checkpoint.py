@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lego_core.errors import BadInput
+from lego_core.importers.output import check_out, install, temp_folder
 
 from . import compvis
 
@@ -233,6 +234,28 @@ def write_sd15_tokenizer(folder: str | os.PathLike, source: str | os.PathLike | 
                    f"{CLIP_BPE}), or pass --tokenizer with that file or a CLIP tokenizer folder")
 
 
+def load_base_tokenizer(base: str | os.PathLike, folder: Path):
+    """The base's tokenizer (copied to `folder`), loaded with the class the base declares in its
+    model_index.json (else the one its tokenizer_config.json names): loading a non-CLIP tokenizer
+    as CLIPTokenizer would turn every prompt into unknown tokens."""
+    import transformers
+
+    declared = None
+    try:
+        entry = json.loads((Path(base) / "model_index.json").read_text()).get("tokenizer")
+        declared = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    cls = getattr(transformers, declared, None) if declared else transformers.AutoTokenizer
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise BadInput(f"{base}/model_index.json declares tokenizer class {declared!r}, which transformers "
+                       "does not have: give --tokenizer with a CLIP tokenizer")
+    try:
+        return cls.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as e:
+        raise BadInput(f"cannot load the tokenizer of {base} as {declared or 'declared'}: {_first_line(e)}") from None
+
+
 def _base_configs(base: str | os.PathLike | None) -> dict:
     """unet / vae / text_encoder / scheduler configs: from `base` (a diffusers folder) or SD-1.5's."""
     if base is None:
@@ -298,10 +321,7 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
         raise BadInput(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
     torch_dtype = getattr(torch, dtype)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out} is a file; give a folder for the model")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise BadInput(f"--out {out} already exists and is not empty (use --overwrite to replace it)")
+    check_out(out, overwrite)
     configs = _base_configs(base)
     quiet_loading()
     src = str(path)
@@ -394,16 +414,15 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
         notes.append(UNTRAINED_NOTE)
 
     scheduler = EulerAncestralDiscreteScheduler.from_config(configs["scheduler"])
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_folder(out)
     try:
         if base is not None and tokenizer is None and (Path(base) / "tokenizer").is_dir():
             shutil.copytree(Path(base) / "tokenizer", tmp / "tokenizer")
             tokenizer_from = str(Path(base) / "tokenizer")
+            tok = load_base_tokenizer(base, tmp / "tokenizer")
         else:
             tokenizer_from = write_sd15_tokenizer(tmp / "tokenizer", tokenizer)
-        tok = CLIPTokenizer.from_pretrained(str(tmp / "tokenizer"))
+            tok = CLIPTokenizer.from_pretrained(str(tmp / "tokenizer"))
         if len(tok) != text_encoder.config.vocab_size:
             raise BadInput(f"the tokenizer from {tokenizer_from} has {len(tok)} tokens, the text encoder "
                            f"{text_encoder.config.vocab_size}")
@@ -419,9 +438,7 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
             tokenizer_from=tokenizer_from, ignored_keys=len(parts["other"]), notes=notes,
         )
         (tmp / "import.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        install(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

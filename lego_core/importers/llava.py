@@ -49,6 +49,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from lego_core.errors import BadInput
+from lego_core.importers.output import check_out, install, temp_folder
 
 log = logging.getLogger("lego.import")
 
@@ -233,8 +234,7 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
         raise BadInput(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
     torch_dtype = getattr(torch, dtype)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise BadInput(f"--out {out} already exists (use --overwrite to replace it)")
+    check_out(out, overwrite)
     projector = cfg.get("mm_projector_type") or "linear"
     if projector not in ("linear", "mlp2x_gelu"):
         raise BadInput(f"{src}: mm_projector_type {projector!r} is not supported (linear or mlp2x_gelu)")
@@ -394,16 +394,12 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
         vision_feature_layer=layer, vision_feature_select_strategy=strategy, conversation=conversation,
         image_token_id=int(image_id), vocab_added=int(added), dtype=dtype, notes=notes,
     )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_folder(out)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         (tmp / "import.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        install(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -110,7 +110,9 @@ class ShardSource(Source):
     kind = "shards"
 
     def __init__(self, specs, image_field: str | None, role: str, max_member_mb: float | None = None):
-        from lego_core.data.shards import MAX_MEMBER_MB, check_tar_end, expand_shards, iter_tar, too_big_reason
+        from lego_core.data.shards import (
+            MAX_MEMBER_MB, check_tar_end, expand_shards, iter_tar, tar_problem, too_big_reason,
+        )
 
         max_member_mb = max_member_mb or MAX_MEMBER_MB
         self.urls = expand_shards(specs)
@@ -128,7 +130,7 @@ class ShardSource(Source):
                             self.too_big.append(f"{s['__key__']}: {too_big_reason(s, max_member_mb)}")
                         self.loaded[s["__key__"]] = {k: v for k, v in s.items() if not k.startswith("__")}
                 except (tarfile.TarError, EOFError, OSError) as e:
-                    self.broken.append(f"{url}: {e}")
+                    self.broken.append(f"{url}: {tar_problem(e)}")
                 continue
             try:
                 with tarfile.open(url, mode="r:*") as tar:
@@ -152,7 +154,7 @@ class ShardSource(Source):
                             self.members.setdefault(m.group(1), {})[name] = _Member(url, info.offset_data, info.size)
                     check_tar_end(tar)
             except (tarfile.TarError, EOFError, OSError) as e:
-                self.broken.append(f"{url}: {e}")
+                self.broken.append(f"{url}: {tar_problem(e)}")
         self.role = role
         self._files: dict[str, int] = {}
         fields = lambda k: (self.members.get(k) or self.loaded.get(k) or {})  # noqa: E731

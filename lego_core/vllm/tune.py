@@ -256,7 +256,9 @@ def curated_counts(urls: list[str]) -> tuple[int, int, str | None]:
                     if info.isreg() and m and not _SKIP_META.match(info.name):
                         keys[m.group(1)] = keys.get(m.group(1), False) or m.group(2).lower() == CURATED
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise BadInput(f"cannot read shard {url}: {e}") from None
+            from lego_core.data.shards import tar_problem
+
+            raise BadInput(f"cannot read shard {url}: {tar_problem(e)}; re-create it, or leave it out of the inputs") from None
         total += len(keys)
         curated += sum(keys.values())
         if lacking is None and not all(keys.values()):
