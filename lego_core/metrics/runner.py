@@ -500,11 +500,12 @@ def evaluate_models(shards, models: Mapping[str, str] | Sequence[str], cfg: Eval
 
         find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))  # before hours of generating
     named = _named(models)
-    from lego_core.device import looks_local
+    if generate is generate_folder:       # every model, before hours of generating with the first
+        from lego_core.device import looks_local
 
-    for model in named.values():              # every one, before hours of generating with the first
-        if looks_local(model) and not os.path.isdir(model):
-            raise BadInput(f"model folder not found: {model} (train one with `lego train`, or pass a diffusers folder)")
+        missing = [m for m in named.values() if looks_local(m) and not os.path.isdir(m)]
+        if missing:
+            raise BadInput(f"model folder not found: {missing[0]} (train one with `lego train`, or pass a diffusers folder)")
     base = out or tempfile.mkdtemp(prefix="lego-eval-")
     folders = {}
     for name, model in named.items():
