@@ -185,6 +185,16 @@ def test_conditioner_init_padding_and_variants():
     assert torch.count_nonzero(c.projection_txt.bias) == 0
     bound = (6 / (16 + 32)) ** 0.5                          # Xavier uniform
     assert c.projection_txt.weight.abs().max() <= bound and c.projection_txt.weight.std() > bound / 3
+    # π too (the paper: σ, μ and π Xavier-initialised): every matrix within its own Xavier bound
+    # and filling it, biases zero, and the two layers drawn independently (not one layer's copy).
+    for name, p in c.self_attn_mix.named_parameters():
+        if p.dim() > 1:
+            xavier = (6 / sum(p.shape)) ** 0.5
+            assert p.abs().max() <= xavier and p.abs().max() > 0.9 * xavier, name
+        elif name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+    first, second = c.self_attn_mix.layers
+    assert not torch.equal(first.linear1.weight, second.linear1.weight)
     padded = c.pad_text_embeds([torch.ones(5, 16), torch.ones(100, 16)])
     assert padded.shape == (2, 77, 16)
     assert padded[0, 5:].abs().sum() == 0 and padded[1].abs().min() == 1

@@ -248,6 +248,30 @@ def test_ema_is_exported_under_zero2_and_zero3_across_a_resume(base, enriched, t
     _assert_exported_ema_of_checkpoints(z3)
 
 
+def test_ema_per_micro_batch_as_the_authors(base, enriched, tmp_path):
+    """--ema-update micro-batch: the EMA is updated after every micro-batch (the authors' LitEma in
+    on_train_batch_end), so at --grad-accum 2 it averages w0, w1, w1, w2 (the weights only change at
+    optimizer steps) with the warm-up decays 0, 2/11, 3/12, 4/13 — not the per-step w1, w2."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from lego_core.diffusion.build import build_from_pretrained
+
+    run = tmp_path / "run"
+    fast = list(FAST)
+    fast[fast.index("--grad-accum") + 1] = "2"
+    result = run_cli("-q", "train", str(enriched), "--base", base, "--max-steps", "2", *fast, "--conditioning",
+                     "description", "--checkpoint-every", "1", "--ema-update", "micro-batch", "--out", run)
+    assert result.exit_code == 0, result.output
+    w1, w2 = (get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=f"step-{s:08d}") for s in (1, 2))
+    w0 = {f"unet.{k}": v for k, v in state_of(build_from_pretrained(base, conditioning="description", vllm=D).unet).items()}
+    want = dict(w0)
+    for decay, weights in ((2 / 11, w1), (3 / 12, w1), (4 / 13, w2)):
+        want = {k: decay * want[k] + (1 - decay) * weights[k] for k in want}
+    got = _exported_weights(run / "model")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_shards_missing_what_the_conditioning_needs_exit_2(base, tmp_path):
     result = run_cli("train", str(REPO / "shards"), "--base", base, "--out", tmp_path / "run", "--max-steps", "1", *FAST)
     assert result.exit_code == 2

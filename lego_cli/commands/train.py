@@ -29,6 +29,9 @@ from lego_cli.common import echo_result, quiet
 @click.option("--deepspeed", "deepspeed_config", type=click.Path(dir_okay=False, exists=True),
               help="Your own DeepSpeed JSON (overrides the flags above).")
 @click.option("--no-ema", is_flag=True, help="Do not keep (and export) an EMA of the weights.")
+@click.option("--ema-update", default="step", type=click.Choice(["step", "micro-batch"]),
+              help="Update the EMA (decay 0.9999) after each optimizer step, or after each micro-batch as the "
+                   "authors did (--grad-accum updates a step: a shorter averaging horizon).")
 @click.option("--cfg-dropout", default=0.05, help="Each of: drop text, drop both, drop image.")
 @click.option("--cache-latents", is_flag=True, help="First write the VAE latents of both frames into new shards "
               "(RUN/latents/), then train on those without running the encoder.")
@@ -50,7 +53,7 @@ from lego_cli.common import echo_result, quiet
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs, learning_rate, micro_batch,
-            grad_accum, zero_stage, precision, grad_clip, offload_optimizer, deepspeed_config, no_ema, cfg_dropout,
+            grad_accum, zero_stage, precision, grad_clip, offload_optimizer, deepspeed_config, no_ema, ema_update, cfg_dropout,
             cache_latents, workers, shuffle_buffer, resample, checkpoint_every, keep_checkpoints, resume, overwrite,
             val_shards, val_every, val_samples, val_steps, seed, log_every, record_keys, as_json):
     """Train the LEGO diffusion model: InstructPix2Pix-style, conditioned on the VLLM's
@@ -69,6 +72,7 @@ def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs,
     cfg = TrainConfig(
         shards=list(shards), out=out, base=base, conditioning=conditioning, resolution=resolution,
         max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, cfg_dropout=cfg_dropout, ema=not no_ema,
+        ema_update=ema_update,
         seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, resample=resample,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
         log_every=log_every, record_keys=record_keys, val_shards=list(val_shards), val_every=val_every, val_samples=val_samples, val_steps=val_steps, progress=not quiet(ctx),

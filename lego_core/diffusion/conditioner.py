@@ -58,9 +58,21 @@ class LegoConditioner(ModelMixin, ConfigMixin):
             norm_first=True, batch_first=True,
         )
         self.self_attn_mix = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
-        for linear in (self.projection_img, self.projection_txt):        # Xavier, as the paper says
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier (uniform) weights and zero biases for σ, μ *and* π, as the paper says. The
+        authors' code kept PyTorch's defaults, where nn.TransformerEncoder deep-copies one layer,
+        so π's two layers would start identical; here each matrix is drawn on its own. LayerNorm
+        scales stay 1."""
+        for linear in (self.projection_img, self.projection_txt):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
+        for name, p in self.self_attn_mix.named_parameters():
+            if p.dim() > 1:                         # attention in/out projections, the feed-forward
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
 
     @property
     def needs_vllm(self) -> bool:

@@ -39,6 +39,7 @@ class TrainConfig:
     cfg_dropout: float = 0.05                     # text only / both / image only, 5 % each
     ema: bool = True
     ema_decay: float = 0.9999
+    ema_update: str = "step"                      # "micro-batch": the authors' (4 updates a step at accum 4)
     seed: int = 0
     workers: int = 2                              # DataLoader workers per rank
     shuffle_buffer: int = 1000
@@ -177,6 +178,8 @@ def train(cfg: TrainConfig) -> Path | None:
     from lego_core.engine.launch import detect_launch, init_distributed, shutdown
 
     # Every check of the user's input before DeepSpeed starts or the run folder is made.
+    if cfg.ema_update not in ("step", "micro-batch"):
+        raise BadInput(f"ema_update {cfg.ema_update!r}: use 'step' or 'micro-batch'")
     if looks_local(cfg.base) and not Path(cfg.base).is_dir():
         raise BadInput(f"--base {cfg.base}: no such folder (an SD-1.5 or InstructPix2Pix diffusers folder, or a hub id)")
     urls = expand_shards(cfg.shards)
@@ -270,12 +273,14 @@ def _train(cfg, urls, first, run, rank, world, device, n_samples: int) -> Path:
             loss = step_fn.loss(batch)
             engine.backward(loss)
             engine.step()
+            if ema is not None and cfg.ema_update == "micro-batch":
+                ema.step(ema_inputs(params, zero3))
             loss_sum += loss.item() / cfg.engine.grad_accum
             samples += len(batch["text"])
             if keys_out is not None:
                 keys_out.write("".join(f"{step + 1} {k}\n" for k in batch["key"]))
         step += 1
-        if ema is not None:
+        if ema is not None and cfg.ema_update == "step":
             ema.step(ema_inputs(params, zero3))
         elapsed = time.perf_counter() - t0
         logger.step(step, loss=loss_sum, lr=lr_sched.get_last_lr()[0], samples_per_s=samples * world / max(elapsed, 1e-9),
