@@ -35,7 +35,8 @@ torchrun --nproc_per_node 8 -m lego_cli.main tune-vllm "$WORK"/curated/train-*.t
 lego enrich "$WORK"/curated/train-*.tar --vllm "$WORK/runs/llava/model" --out "$WORK/enriched/train-%06d.tar"
 lego enrich "$WORK"/extracted/val-*.tar --vllm "$WORK/runs/llava/model" --out "$WORK/enriched/val-%06d.tar"
 
-# 5. The diffusion model (32 per GPU x 8 GPUs x accumulation 4, lr 1e-4, EMA).
+# 5. The diffusion model (32 per GPU x 8 GPUs x accumulation 4, lr 1e-4, EMA; the paper's 20,000
+#    optimizer steps by default, --max-steps to change).
 torchrun --nproc_per_node 8 -m lego_cli.main train "$WORK"/enriched/train-*.tar --base "$SD" \
   --out "$WORK/runs/lego" --val-shards "$WORK/enriched/val-000000.tar"
 

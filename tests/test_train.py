@@ -272,6 +272,31 @@ def test_ema_per_micro_batch_as_the_authors(base, enriched, tmp_path):
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_default_length_is_the_papers_20000_steps_and_the_plan_is_said(base, enriched, tmp_path, monkeypatch, caplog):
+    """No --max-steps and no --epochs: the paper's 20,000 optimizer steps (one epoch of Ego4D on 8
+    GPUs would be ≈ 84), said at start with the samples per step and the epochs they amount to."""
+    import logging
+
+    from lego_core.diffusion import train as train_module
+    from lego_core.diffusion.train import TrainConfig, steps_for
+
+    cfg = TrainConfig(shards=[], out="")
+    assert steps_for(cfg, 86_000, 8) == 20_000
+    assert steps_for(TrainConfig(shards=[], out="", epochs=1.0), 86_000, 8) == 84     # 32 x 4 x 8 per step
+    assert steps_for(TrainConfig(shards=[], out="", epochs=1.0, max_steps=7), 86_000, 8) == 7
+
+    monkeypatch.setattr(train_module, "PAPER_STEPS", 2)      # the CLI's default path, made short
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="lego.train"):
+        result = run_cli("train", str(enriched), "--base", base, "--out", run, *FAST, "--conditioning", "label",
+                         "--no-ema", "--checkpoint-every", "10")
+    assert result.exit_code == 0, result.output
+    n = json.loads((run / "train-config.json").read_text())["resolved"]["samples"]
+    assert json.loads((run / "train-config.json").read_text())["resolved"]["total_steps"] == 2
+    assert (f"training plan: 2 optimizer steps (the paper's; --max-steps or --epochs to change) x 2 samples per "
+            f"step (2 per micro-batch x 1 accumulated x 1 rank(s)) = {4 / n:,.1f} epochs of {n} samples") in caplog.text
+
+
 def test_shards_missing_what_the_conditioning_needs_exit_2(base, tmp_path):
     result = run_cli("train", str(REPO / "shards"), "--base", base, "--out", tmp_path / "run", "--max-steps", "1", *FAST)
     assert result.exit_code == 2

@@ -16,8 +16,9 @@ from lego_cli.common import echo_result, quiet
               type=click.Choice(["label", "description", "description+image", "description+text", "description+joint"]),
               help="What the UNet cross-attends to (the paper's ablations).")
 @click.option("--resolution", default=256)
-@click.option("--max-steps", type=int, help="Optimizer steps (default: --epochs over the shards).")
-@click.option("--epochs", default=1.0)
+@click.option("--max-steps", type=click.IntRange(1), help="Optimizer steps (default: the paper's 20,000, unless --epochs).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True),
+              help="Passes over the shards instead of a step count (ignored with --max-steps).")
 @click.option("--lr", "learning_rate", default=1e-4, help="AdamW learning rate (constant).")
 @click.option("--batch-size", "micro_batch", default=32, help="Micro-batch per device (the authors: 32 per GPU).")
 @click.option("--grad-accum", default=4, help="Gradient accumulation steps (the authors: 4).")

@@ -23,6 +23,9 @@ from lego_core.engine.config import EngineOptions
 log = logging.getLogger("lego.train")
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# "finetuned ... for 20,000 iterations" (the paper, §4.1); the authors' released checkpoint was
+# saved earlier, at step 9,999 (epoch 119).
+PAPER_STEPS = 20_000
 
 
 @dataclass
@@ -32,8 +35,8 @@ class TrainConfig:
     base: str = DEFAULT_BASE                      # SD-1.5 layout (the authors' start) or InstructPix2Pix
     conditioning: str = "description+joint"
     resolution: int = 256
-    max_steps: int | None = None                  # optimizer steps; default: --epochs over the data
-    epochs: float = 1.0
+    max_steps: int | None = None                  # optimizer steps; default: PAPER_STEPS, or --epochs
+    epochs: float | None = None                   # passes over the shards, when max_steps is not given
     learning_rate: float = 1e-4                   # constant, AdamW
     weight_decay: float = 1e-2
     cfg_dropout: float = 0.05                     # text only / both / image only, 5 % each
@@ -98,11 +101,27 @@ def trainable_parameters(denoiser: Denoiser) -> list[nn.Parameter]:
     return params
 
 
+def samples_per_step(cfg: TrainConfig, world_size: int) -> int:
+    return cfg.engine.micro_batch * cfg.engine.grad_accum * world_size
+
+
 def steps_for(cfg: TrainConfig, n_samples: int, world_size: int) -> int:
+    """Optimizer steps: `max_steps`, else `epochs` over the data, else the paper's 20,000."""
     if cfg.max_steps:
         return cfg.max_steps
-    per_step = cfg.engine.micro_batch * cfg.engine.grad_accum * world_size
-    return max(1, math.ceil(cfg.epochs * n_samples / per_step))
+    if cfg.epochs:
+        return max(1, math.ceil(cfg.epochs * n_samples / samples_per_step(cfg, world_size)))
+    return PAPER_STEPS
+
+
+def plan_text(cfg: TrainConfig, total: int, n_samples: int, world_size: int) -> str:
+    """What the run will do, said before it starts (a step count alone hides how long it is)."""
+    per_step = samples_per_step(cfg, world_size)
+    why = ("--max-steps" if cfg.max_steps else f"--epochs {cfg.epochs:g}" if cfg.epochs
+           else "the paper's; --max-steps or --epochs to change")
+    return (f"training plan: {total:,} optimizer steps ({why}) x {per_step:,} samples per step "
+            f"({cfg.engine.micro_batch} per micro-batch x {cfg.engine.grad_accum} accumulated x {world_size} "
+            f"rank(s)) = {total * per_step / max(n_samples, 1):,.1f} epochs of {n_samples:,} samples")
 
 
 def cfg_dropout_masks(batch: int, p: float, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,6 +262,7 @@ def _train(cfg, urls, first, run, rank, world, device, n_samples: int) -> Path:
     logger = RunLogger(run, enabled=rank == 0, total_steps=total, start_step=start, progress=cfg.progress,
                        every=cfg.log_every)
     if rank == 0:
+        log.info(plan_text(cfg, total, n_samples, world))
         (run / "train-config.json").write_text(json.dumps(
             {**asdict(cfg), "resolved": {"world_size": world, "total_steps": total, "samples": n_samples,
                                           "deepspeed": ds_config}}, indent=1, default=str))
