@@ -48,7 +48,18 @@ _GENERATION = {
                                show_default=True, help="VLLM precision (auto: fp16 on a GPU, fp32 on the CPU)."),
     "vllm_quantize": click.option("--vllm-quantize", type=click.Choice(["4bit", "8bit"]),
                                   help="GPU only: load the VLLM's weights in 4 or 8 bits (bitsandbytes)."),
+    "question": click.option("--question", metavar="TEMPLATE",
+                             help="What the VLLM is asked, {} where the action goes.  [default: the authors' "
+                                  "\"How does the person properly {} that is displayed in the video frame?\"]"),
+    "authors_postprocess": click.option("--authors-postprocess", is_flag=True,
+                                        help="Post-process as the authors did before scoring (each image stretched "
+                                             "to its min..max, uint8, JPEG quality 75): writes .jpg files."),
 }
+
+
+def question_option(fn):
+    """`--question`, for a command that asks the VLLM without generating images (enrich)."""
+    return _GENERATION["question"](fn)
 
 
 def generation_options(*, skip: tuple[str, ...] = ()):

@@ -253,6 +253,36 @@ def test_generate_first_with_real_lego_models_gives_one_row_per_model(tmp_path):
     assert (tmp_path / "eval" / "table.csv").read_text().count("\n") >= 3
 
 
+def test_generate_first_authors_postprocess_writes_jpegs_and_is_recorded(tmp_path):
+    """--authors-postprocess in generate-first mode: the images are the authors' JPEGs, the
+    provenance says so, and switching back regenerates PNGs (no JPEG left to be scored)."""
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.diffusion.generate import GenerateOptions
+    from lego_core.kit import make_tiny_instruct_pix2pix
+    from lego_core.metrics.generate import provenance
+
+    base = make_tiny_instruct_pix2pix(tmp_path / "ip2p", sample_size=8)
+    build_from_pretrained(base, conditioning="label", vllm=16).save_pretrained(tmp_path / "m")
+    generated = tmp_path / "eval" / "generated"
+
+    def run(*extra):
+        r = run_cli("-q", "evaluate", os.path.join(SHARDS, "ego4d-000000.tar"), "--model", tmp_path / "m",
+                    "--metrics", "psnr", "--steps", "2", "--size", "16", "-o", tmp_path / "eval", "--json", *extra)
+        assert r.exit_code == 0, r.output
+        return sorted(f for f in os.listdir(generated) if f != "provenance.json")
+
+    files = run("--authors-postprocess")
+    assert len(files) == 6 and all(f.endswith(".jpg") for f in files)
+    assert "the authors'" in json.loads((generated / "provenance.json").read_text())["post_processing"]
+    files = run()
+    assert len(files) == 6 and all(f.endswith(".png") for f in files)
+    # the VLLM's question is part of the record too (when a VLLM asks it)
+    ours = provenance(str(tmp_path / "m"), str(tmp_path / "m"), GenerateOptions(question="What is {}?"))
+    assert ours["question"] == "What is {action}?"
+    assert provenance(str(tmp_path / "m"), str(tmp_path / "m"), GenerateOptions())["question"].startswith(
+        "How does the person properly")
+
+
 def test_psnr_changed_end_to_end_against_numpy(env, tmp_path):
     """--metrics psnr_changed: the generated frame's and the input frame's PSNR over the changed and
     unchanged regions reach metrics.json, samples.csv, the table and report.html, and equal numpy's

@@ -123,6 +123,7 @@ def test_batch_mode_names_outputs_by_key_and_resumes(model, frame, tmp_path):
 
 def test_output_paths():
     assert output_paths(["a"], "x.png", "f.jpg")[0][0].name == "x.png"
+    assert output_paths(["a"], "o", "f.jpg", suffix=".jpg")[0][0].name == "f-a.jpg"
     assert [p.name for (p,) in output_paths(["Cut the onion!", "cut the onion"], "o", "f.jpg")] == \
         ["f-cut-the-onion.png", "f-cut-the-onion-2.png"]
 
@@ -141,6 +142,12 @@ def test_with_vllm_the_description_and_embeddings_condition_the_model(frame, tmp
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.splitlines()[-1])
     assert record["description"] and record["description"] != "cut onion"
+    assert record["question"] == "How does the person properly cut onion that is displayed in the video frame?"
+    asked = run_cli("generate", frame, "cut onion", "--model", tmp_path / "joint", "--vllm", llava, "--greedy",
+                    "--max-new-tokens", "2", "-o", tmp_path / "q.png", "--json", "--question", "What does {} look like?",
+                    *FAST)
+    assert asked.exit_code == 0, asked.output
+    assert json.loads(asked.stdout.splitlines()[-1])["question"] == "What does cut onion look like?"
     assert Image.open(tmp_path / "out.png").size == (114, 64)
     text = run_cli("generate", frame, "cut onion", "--model", tmp_path / "joint", "--vllm", llava, "--greedy",
                    "--max-new-tokens", "6", "-o", tmp_path / "out2.png", *FAST)
@@ -152,6 +159,48 @@ def test_with_vllm_the_description_and_embeddings_condition_the_model(frame, tmp
         assert run_cli("generate", frame, "cut onion", "--model", tmp_path / "label", *extra,
                        "-o", tmp_path / out, *FAST).exit_code == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "l1.png")), np.asarray(Image.open(tmp_path / "l2.png")))
+
+
+def test_authors_postprocess_stretches_each_image_over_all_channels_and_truncates():
+    """(x − min) / (max − min) · 255 with min and max over the whole image, not per channel, then
+    uint8 truncation: what the authors' metrics/inference.py scored."""
+    from lego_core.diffusion.generate import authors_postprocess
+
+    x = torch.zeros(3, 2, 2)
+    x[0, 0, 0], x[2, 1, 1], x[1, 0, 1] = -1.5, 1.5, 1.49          # min in R, max in B
+    out = np.asarray(authors_postprocess(x, 2, 2))
+    assert out[0, 0, 0] == 0 and out[1, 1, 2] == 255
+    assert out[0, 1, 1] == 254                                   # 254.15 truncated, not rounded
+    assert out[1, 0, 1] == 127 and out[0, 0, 1] == 127           # 127.5 -> 127; G not stretched on its own
+
+
+def test_authors_postprocess_writes_their_jpegs(model, frame, tmp_path):
+    import io
+
+    from lego_core.diffusion.build import load_pipeline
+    from lego_core.diffusion.generate import authors_postprocess
+
+    result = run_cli("generate", frame, "cut onion", "--model", model, "-o", tmp_path / "out", "--authors-postprocess",
+                     *FAST)
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "out" / "frame-cut-onion.jpg"
+    assert Image.open(path).format == "JPEG" and Image.open(path).size == (114, 64)
+    # the decoded image unclamped, resized, stretched, truncated, JPEG at PIL's default quality
+    pipe = load_pipeline(str(model))
+    square = load_image(frame).resize((64, 64), Image.Resampling.BICUBIC)
+    raw = pipe(["cut onion"], [square], num_inference_steps=2, generator=[torch.Generator().manual_seed(0)],
+               output_type="raw").images[0]
+    want = authors_postprocess(raw, 114, 64)
+    buf = io.BytesIO()
+    want.save(buf, format="JPEG")
+    assert path.read_bytes() == buf.getvalue()
+    arr = np.asarray(want)
+    assert arr.min() == 0 and arr.max() == 255
+    # a PNG name with it is one line, exit 2, before any model is loaded
+    bad = run_cli("generate", frame, "cut onion", "--model", model, "-o", tmp_path / "x.png", "--authors-postprocess",
+                  *FAST)
+    assert bad.exit_code == 2 and "--authors-postprocess" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_bad_steps_or_size_exit_2(model, frame, tmp_path):

@@ -284,6 +284,12 @@ def test_import_vllm_generates_what_the_original_does(original_llava, tmp_path):
     # the enrich path (projector hook, H_i rows) works on the imported model
     (res,) = describe_and_embed(model, processor, [image], ["cut onion"], greedy=True, max_new_tokens=3)
     assert res.image_embeds.shape == (16, 64) and res.text_embeds.shape[1] == 64
+    # ... asking the authors' question in their llava_llama_2 conversation, word for word
+    from lego_core.importers.llava import LLAVA_LLAMA_2_SYSTEM
+
+    assert res.question == "How does the person properly cut onion that is displayed in the video frame?"
+    assert build_prompt(processor, res.question) == (f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n<image>\n"
+                                                     f"{res.question} [/INST]")
 
 
 def _tokenizer_image_token(prompt, tokenizer, image_id, n_image):

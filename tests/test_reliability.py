@@ -255,9 +255,13 @@ def test_enrich_rerun_with_another_vllm_or_decoding_is_refused(tmp_path, two_lla
     fast = ["--max-new-tokens", "3", "--greedy", "--max-text-tokens", "2"]
     assert run_cli("-q", "enrich", EGO4D, "--vllm", a, "--out", out, *fast).exit_code == 0
     written = (tmp_path / "e-000000.tar").read_bytes()
-    for other in (["--vllm", b, *fast], ["--vllm", a, "--max-new-tokens", "3", "--max-text-tokens", "2"]):
+    for other, says in ((["--vllm", b, *fast], "vllm"),
+                        (["--vllm", a, "--max-new-tokens", "3", "--max-text-tokens", "2"], "greedy: then True, now False"),
+                        (["--vllm", a, *fast, "--question", "What is {}?"],
+                         "question: then 'How does the person properly {action} that is displayed in the video "
+                         "frame?', now 'What is {action}?'")):
         err = one_line_error(run_cli("-q", "enrich", EGO4D, "--out", out, *other))
-        assert ("vllm" in err if other[1] == b else "greedy: then True, now False" in err), err
+        assert says in err, err
     assert (tmp_path / "e-000000.tar").read_bytes() == written
     moved = tmp_path / "moved"
     os.rename(a, moved)                                  # the same model elsewhere is the same model

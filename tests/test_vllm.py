@@ -64,14 +64,21 @@ def test_ten_templates_each_takes_the_action_once():
     assert len(QUESTION_TEMPLATES) == 10 == len(set(QUESTION_TEMPLATES))
     for t in QUESTION_TEMPLATES:
         assert t.count("{action}") == 1 and t.format(action="cut onion").count("cut onion") == 1
-    assert INFERENCE_QUESTION in QUESTION_TEMPLATES
+    # the authors' released inference question, word for word (vllm/scripts/inference.sh)
+    assert INFERENCE_QUESTION.replace("{action}", "{}") == \
+        "How does the person properly {} that is displayed in the video frame?"
 
 
 def test_inference_question_is_fixed_and_tuning_questions_are_seeded():
     from lego_core.vllm.templates import QUESTION_TEMPLATES, inference_question, tuning_question
 
     assert inference_question("cut onion") == inference_question("cut onion")
-    assert "cut onion" in inference_question("cut onion")
+    assert inference_question("cut onion") == "How does the person properly cut onion that is displayed in the video frame?"
+    assert inference_question("cut onion", "What would {} look like?") == "What would cut onion look like?"
+    assert inference_question("cut onion", "Show {action}.") == "Show cut onion."
+    for bad in ("No place for the action.", "{} and {}", "{action} {other}", "  "):
+        with pytest.raises(BadInput, match="--question"):
+            inference_question("cut onion", bad)
     a = [tuning_question("cut onion", r) for r in [random.Random(7)] for _ in range(50)]
     rng = random.Random(7)
     b = [tuning_question("cut onion", rng) for _ in range(50)]
@@ -301,3 +308,6 @@ def test_custom_questions(vllm):
     out = describe_and_embed(model, processor, _images()[:1], [], questions=["What is here?"], greedy=True,
                              max_new_tokens=2)
     assert out[0].question == "What is here?"
+    out = describe_and_embed(model, processor, _images()[:1], ["cut onion"], question="What is {}?", greedy=True,
+                             max_new_tokens=2)
+    assert out[0].question == "What is cut onion?"

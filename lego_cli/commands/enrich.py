@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lego_cli.common import echo_result, quiet
+from lego_cli.common import echo_result, question_option, quiet
 
 
 @click.command("enrich", context_settings={"show_default": True})
@@ -28,17 +28,20 @@ from lego_cli.common import echo_result, quiet
               help="Model dtype; auto: float16 on a GPU, float32 on the CPU.")
 @click.option("--aspect", type=click.Choice(["crop", "pad"]), default="crop",
               help="crop: the processor's resize + centre crop (as the authors); pad: pad to a square first.")
+@question_option
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="JSONL of skipped samples with reasons (default: beside the shards, one per task).")
 @click.option("--overwrite", is_flag=True, help="Redo this task's finished output shards instead of skipping them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def command(ctx, shards, vllm, out, batch_size, num_shards, shard_index, max_text_tokens, max_new_tokens, greedy,
-            temperature, seed, device, dtype, aspect, rejects, overwrite, as_json):
+            temperature, seed, device, dtype, aspect, question, rejects, overwrite, as_json):
     """Run the VLLM over every sample: add enriched.txt (R), vllm_img.npy (H_i) and vllm_txt.npy (H_t).
 
     \b
-    R: the VLLM's answer to a fixed question about how to do the sample's action in its input frame.
+    R: the VLLM's answer to a fixed question about how to do the sample's action in its input frame
+       (the authors' unless --question; it is recorded in the sidecar, and a rerun into the same
+       --out with another question is refused).
     H_i: the projector output for the image tokens, M x D float16 (LLaVA-13B: 256 x 5120 = 2.6 MB).
     H_t: the last hidden state (before lm_head) of each generated token, n x D float16,
          cut to --max-text-tokens rows. Every other file of a sample is copied unchanged.
@@ -66,7 +69,7 @@ def command(ctx, shards, vllm, out, batch_size, num_shards, shard_index, max_tex
     cfg = EnrichConfig(
         shards=list(shards), vllm=vllm, out=out, batch_size=batch_size, num_shards=num_shards,
         shard_index=shard_index, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, greedy=greedy,
-        temperature=temperature, seed=seed, device=device, dtype=dtype, aspect=aspect, rejects=rejects,
+        temperature=temperature, seed=seed, device=device, dtype=dtype, aspect=aspect, question=question, rejects=rejects,
         overwrite=overwrite,
     )
     summary = enrich(cfg, progress=not quiet(ctx))

@@ -17,7 +17,8 @@ from lego_cli.common import generation_options, quiet
 @click.option("-o", "--out", help="Output file (one prompt) or folder [default: the current folder].")
 @generation_options()
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False),
-              help='JSONL of {"key", "image", "prompt"} requests; writes OUT/{key}.png, model loaded once.')
+              help='JSONL of {"key", "image", "prompt"} requests; writes OUT/{key}.png (.jpg with --authors-postprocess), '
+                   'model loaded once.')
 @click.option("--overwrite", is_flag=True, help="With --batch: redo keys whose image already exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @click.pass_context
@@ -53,7 +54,7 @@ def command(ctx, image, prompts, model, vllm, out, generate_options, batch_file,
         if any(not p.strip() for p in prompts):
             raise BadInput('empty prompt: say which action, e.g. "cut onion"')
         frame = load_image(image)
-        paths = output_paths(list(prompts), out, image, options.num_images)
+        paths = output_paths(list(prompts), out, image, options.num_images, options.suffix)
     # One shot: the VLLM describes everything, is freed, then the diffusion model gets the memory.
     generator = ActionFrameGenerator(resolve_model(model), vllm, options, keep_vllm=False)
 
@@ -61,7 +62,8 @@ def command(ctx, image, prompts, model, vllm, out, generate_options, batch_file,
         for path, seed in zip(files, result.seeds):
             record = {"output": str(path), "prompt": result.prompt, "description": result.description, "seed": seed,
                       "steps": generator.steps, "size": generator.size, "model": generator.model_name,
-                      **({"key": result.key} if result.key else {})}
+                      **({"key": result.key} if result.key else {}),
+                      **({"question": result.question} if result.question else {})}
             click.echo(json.dumps(record) if as_json else str(path))
         if vllm and not as_json:
             click.echo(f"  {result.description}")
@@ -97,7 +99,7 @@ def _run_batch(generator, requests, out, overwrite, report):
             skipped.append((req["key"], "duplicate key: an earlier request has it"))
             continue
         seen.add(req["key"])
-        paths = numbered(Path(out) / f"{req['key']}.png", n)
+        paths = numbered(Path(out) / f"{req['key']}{generator.options.suffix}", n)
         if all(p.exists() for p in paths) and not overwrite:
             done += 1
             continue

@@ -61,10 +61,15 @@ def numbered(path: Path, num_images: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(num_images)]
 
 
-def output_paths(prompts: list[str], out: str | None, image_path: str | Path, num_images: int = 1) -> list[list[Path]]:
+def output_paths(prompts: list[str], out: str | None, image_path: str | Path, num_images: int = 1,
+                 suffix: str = ".png") -> list[list[Path]]:
     """Where each prompt's images go: `out` itself for one prompt with a file name, else
-    `out/<stem>-<prompt slug>.png` (made unique); with N images each, those names plus `-{i}`."""
+    `out/<stem>-<prompt slug>{suffix}` (made unique); with N images each, those names plus `-{i}`.
+    `suffix` ".jpg" (the authors' post-processing) takes only a JPEG name for `out`."""
     if out and len(prompts) == 1 and Path(out).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+        if suffix == ".jpg" and Path(out).suffix.lower() not in (".jpg", ".jpeg"):
+            raise BadInput(f"-o {out}: --authors-postprocess writes JPEG files as the authors did; "
+                           f"name it {Path(out).stem}.jpg or give a folder")
         return [numbered(Path(out), num_images)]
     if out and Path(out).suffix and not Path(out).is_dir():
         raise BadInput(f"-o {out}: several prompts need a folder, not a file")
@@ -74,9 +79,9 @@ def output_paths(prompts: list[str], out: str | None, image_path: str | Path, nu
     paths = []
     for prompt in prompts:
         name, n = f"{stem}-{slugify(prompt)}", 2
-        while used & set(numbered(folder / f"{name}.png", num_images)):
+        while used & set(numbered(folder / f"{name}{suffix}", num_images)):
             name, n = f"{stem}-{slugify(prompt)}-{n}", n + 1
-        files = numbered(folder / f"{name}.png", num_images)
+        files = numbered(folder / f"{name}{suffix}", num_images)
         used.update(files)
         paths.append(files)
     return paths
@@ -128,8 +133,13 @@ class GenerateOptions:
     offload: str | None = None        # None | "model" | "sequential" (diffusers' CPU offload, GPU only)
     vllm_dtype: str = "auto"
     vllm_quantize: str | None = None  # None | "4bit" | "8bit" (bitsandbytes, GPU only)
+    question: str | None = None       # the VLLM's question, "{}" for the action; None: the authors'
+    authors_postprocess: bool = False # the authors' min-max stretch, uint8, JPEG (what their metrics scored)
 
     def __post_init__(self):
+        from lego_core.vllm.templates import question_template
+
+        self.question = question_template(self.question)          # a template without a place for the action: exit 2
         if self.steps is not None and self.steps < 1:
             raise BadInput(f"--steps {self.steps}: need at least 1 denoising step (the paper uses 100)")
         if self.size is not None and self.size < 8:
@@ -138,6 +148,26 @@ class GenerateOptions:
             raise BadInput(f"--batch-size {self.batch_size}: need at least 1")
         if self.num_images < 1:
             raise BadInput(f"--num-images {self.num_images}: need at least 1")
+
+    @property
+    def suffix(self) -> str:
+        """The generated files' extension: the authors' post-processing saved JPEGs."""
+        return ".jpg" if self.authors_postprocess else ".png"
+
+
+def authors_postprocess(decoded, width: int, height: int) -> Image.Image:
+    """The authors' post-processing (metrics/inference.py), which their PSNR / LPIPS / FID scored: the
+    decoded image as it is (not clamped) resized bicubically to `width`×`height`, then
+    (x − min) / (max − min) · 255 with min and max over the whole image (all channels), truncated to
+    uint8. (Saved as JPEG at PIL's default quality, 75, by `save_image`.)"""
+    import numpy as np
+    import torch
+
+    x = torch.nn.functional.interpolate(decoded[None].float().cpu(), size=(height, width), mode="bicubic",
+                                        align_corners=False)[0]
+    span = x.max() - x.min()
+    x = (x - x.min()) / span * 255 if span > 0 else torch.zeros_like(x)      # a flat image: theirs would be NaN
+    return Image.fromarray(x.permute(1, 2, 0).numpy().astype(np.uint8))
 
 
 @dataclass
@@ -160,6 +190,7 @@ class Generated:
     images: list                      # PIL images at the input's aspect ratio, one per seed
     seeds: list[int]
     description: str                  # the VLLM's (or the given) description; the prompt without one
+    question: str | None = None       # what the VLLM was asked, when it described this request
 
     @property
     def prompt(self) -> str:
@@ -263,7 +294,7 @@ class ActionFrameGenerator:
                 if len(images[i]) == o.num_images:
                     seed = o.seed if requests[i].seed is None else requests[i].seed
                     yield Generated(requests[i], images.pop(i), list(range(seed, seed + o.num_images)),
-                                    conditions[i][0])
+                                    conditions[i][0], conditions[i][3])
 
     def release_vllm(self) -> None:
         """Free the VLLM's memory (it is loaded again if a later request needs it)."""
@@ -292,8 +323,9 @@ class ActionFrameGenerator:
         return r.description is None and self.vllm_name is not None
 
     def _describe(self, requests: list[Request]) -> list[tuple]:
-        """(description, H_i, H_t) per request; the VLLM runs, batched, for those lacking them."""
-        conditions = [(r.description or r.prompt, r.image_embeds, r.text_embeds) for r in requests]
+        """(description, H_i, H_t, question asked) per request; the VLLM runs, batched, for those
+        lacking them."""
+        conditions = [(r.description or r.prompt, r.image_embeds, r.text_embeds, None) for r in requests]
         todo = [i for i, r in enumerate(requests) if self._needs_vllm(r)]
         if not todo:
             return conditions
@@ -307,9 +339,9 @@ class ActionFrameGenerator:
         o = self.options
         outs = describe_and_embed(*self.vllm, [requests[i].image for i in todo], [requests[i].prompt for i in todo],
                                   greedy=o.greedy, max_new_tokens=o.max_new_tokens, seed=o.seed,
-                                  batch_size=o.batch_size)
+                                  batch_size=o.batch_size, question=o.question)
         for i, out in zip(todo, outs):
-            conditions[i] = (out.description, out.image_embeds, out.text_embeds)
+            conditions[i] = (out.description, out.image_embeds, out.text_embeds, out.question)
         return conditions
 
     def _place(self) -> None:
@@ -336,8 +368,11 @@ class ActionFrameGenerator:
             h_t = [torch.as_tensor(c[2]).float() for c in conditions]
         squares = [r.image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for r in requests]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        raw = self.options.authors_postprocess
         images = self.pipe(texts, squares, num_inference_steps=self.steps, guidance_scale=self.options.guidance,
                            image_guidance_scale=self.options.image_guidance, generator=generators,
-                           vllm_image_embeds=h_i, vllm_text_embeds=h_t).images
-        return [im.resize(output_size(r.image.width, r.image.height, size, "short"), Image.Resampling.BICUBIC)
-                for im, r in zip(images, requests)]
+                           vllm_image_embeds=h_i, vllm_text_embeds=h_t, output_type="raw" if raw else "pil").images
+        sizes = [output_size(r.image.width, r.image.height, size, "short") for r in requests]
+        if raw:
+            return [authors_postprocess(x, w, h) for x, (w, h) in zip(images, sizes)]
+        return [im.resize(wh, Image.Resampling.BICUBIC) for im, wh in zip(images, sizes)]

@@ -157,7 +157,8 @@ class LegoPipeline(DiffusionPipeline):
             images = latents
         else:
             decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype), return_dict=False)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+            # "raw": the VAE's output as it is (nominally [-1, 1], not clamped), for one's own post-processing
+            images = decoded if output_type == "raw" else self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -1,6 +1,7 @@
 """Generate-first evaluation: produce a folder of generated images keyed by sample key.
 
-`generate_folder(shards, model, folder, ...)` writes `folder/{key}.png` for every valid sample of
+`generate_folder(shards, model, folder, ...)` writes `folder/{key}.png` (`.jpg` with the authors'
+post-processing) for every valid sample of
 `shards` through the one generation path (`lego_core.diffusion.generate.ActionFrameGenerator`,
 which `lego generate` uses too). Each sample becomes a request: the input frame `input.jpg`, the
 label as the action, the description the model was trained on (the label for a "label" model,
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def generate_folder(shards, model: str, folder: str, *, vllm: str | None = None, progress: bool = False,
                     **options) -> str:
-    """Write `folder/{key}.png` for every sample of `shards` that has none yet; return `folder`.
+    """Write `folder/{key}.png` (or .jpg) for every sample of `shards` that has none yet; return `folder`.
     `options` are `GenerateOptions` fields (steps, size, seed, batch_size, dtype, ...)."""
     from lego_core.data.shards import SkipStats, iter_samples
 
@@ -64,21 +65,23 @@ def provenance(model: str, vllm: str | None, opts: GenerateOptions) -> dict:
     """What decides the images in a generated folder: the models by their files, the sampling
     settings, the question the VLLM is asked, the post-processing (not batch size or device)."""
     from lego_core.provenance import model_identity
-    from lego_core.vllm.templates import INFERENCE_QUESTION
 
+    post = ("the authors': resized back to the input's aspect ratio (bicubic, unclamped), each image stretched to its "
+            "min..max, uint8, JPEG quality 75" if opts.authors_postprocess
+            else "resized back to the input's aspect ratio (bicubic), PNG")
     return {"model": model_identity(model), "vllm": model_identity(vllm), "steps": opts.steps,
             "guidance": opts.guidance, "image_guidance": opts.image_guidance, "seed": opts.seed, "size": opts.size,
             "dtype": opts.dtype, "vllm_dtype": opts.vllm_dtype if vllm else None,
             "vllm_quantize": opts.vllm_quantize if vllm else None, "max_new_tokens": opts.max_new_tokens if vllm else None,
-            "greedy": opts.greedy if vllm else None, "question": INFERENCE_QUESTION if vllm else None,
-            "post_processing": "resized back to the input's aspect ratio (bicubic), PNG"}
+            "greedy": opts.greedy if vllm else None, "question": opts.question if vllm else None,
+            "post_processing": post}
 
 
 def _images_of_the_same_run(folder: str, model: str, vllm: str | None, opts: GenerateOptions):
     """(keys whose image in `folder` was made by this model with these settings, a function to
     call before writing any image). The images are trusted when `provenance.json` beside them
     matches; images from another model or other settings, or of unknown origin, are removed by
-    that function (only `{key}.png` files: what this module writes) and made again."""
+    that function (only `{key}.png` / `{key}.jpg` files: what this module writes) and made again."""
     from lego_core.device import looks_local
     from lego_core.errors import BadInput
     from lego_core.provenance import differences, read_record, write_record
@@ -86,10 +89,10 @@ def _images_of_the_same_run(folder: str, model: str, vllm: str | None, opts: Gen
     if looks_local(model) and not os.path.isdir(model):
         raise BadInput(f"model folder not found: {model} (train one with `lego train`, or pass a diffusers folder)")
     want = provenance(model, vllm, opts)
-    pngs = [f for f in os.listdir(folder) if f.endswith(".png")] if os.path.isdir(folder) else []
+    ours = [f for f in os.listdir(folder) if f.endswith((".png", ".jpg"))] if os.path.isdir(folder) else []
     record = os.path.join(folder, PROVENANCE)
     before = read_record(record) if os.path.isfile(record) else None
-    stale = pngs if before != want else []
+    stale = ours if before != want else []
 
     def begin() -> None:
         if stale:
@@ -101,7 +104,7 @@ def _images_of_the_same_run(folder: str, model: str, vllm: str | None, opts: Gen
         os.makedirs(folder, exist_ok=True)
         write_record(record, want)
 
-    return {os.path.splitext(f)[0] for f in pngs if f not in stale}, begin
+    return {os.path.splitext(f)[0] for f in ours if f not in stale and f.endswith(opts.suffix)}, begin
 
 
 def _generator(model: str, vllm: str | None, opts: GenerateOptions):
@@ -115,7 +118,7 @@ def _write(folder: str, samples: list[dict], generator):
     from lego_core.diffusion.generate import save_image
 
     for result in generator.run([sample_request(s, generator.conditioning) for s in samples]):
-        save_image(result.images[0], Path(folder) / f"{result.key}.png")
+        save_image(result.images[0], Path(folder) / f"{result.key}{generator.options.suffix}")
     return generator
 
 

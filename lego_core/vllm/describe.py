@@ -162,13 +162,15 @@ def describe_and_embed(
     max_text_tokens: int | None = None,
     questions: Sequence[str] | None = None,
     aspect: str = "crop",
+    question: str | None = None,
 ) -> list[VllmOutput]:
     """Describe how to do each action in its image; return R, H_i and H_t per sample, in order.
 
     `model`, `processor`: a `LlavaForConditionalGeneration` and its processor (`load.load_vllm`).
     `images`: PIL images (any mode; converted to RGB). `labels`: action labels ("cut onion"; Ego4D
-    narrations are cleaned), one per image, put into the fixed inference question — or pass
-    `questions` (one full question per image) to ask something else.
+    narrations are cleaned), one per image, put into the inference question: the authors' (default)
+    or the template `question` ("{}" where the action goes) — or pass `questions` (one full
+    question per image) to ask something else.
     `greedy`: greedy decoding instead of the paper's sampling at `temperature` (0.2).
     `max_new_tokens`: generation stops at the end token or after this many tokens (paper: 1024).
     `seed`: seeds the sampling (see the module docstring: sampled outputs depend on the seed and on
@@ -188,7 +190,7 @@ def describe_and_embed(
     if questions is None:
         if len(images) != len(labels):
             raise BadInput(f"{len(images)} images but {len(labels)} labels")
-        questions = [inference_question(label) for label in labels]
+        questions = [inference_question(label, question) for label in labels]
     else:
         questions = list(questions)
         if len(questions) != len(images):

@@ -59,6 +59,7 @@ class EnrichConfig:
     device: str = "auto"
     dtype: str = "auto"
     aspect: str = "crop"                      # "crop" (processor, as the authors) or "pad" to a square
+    question: str | None = None               # the question template, "{}" for the action; None: the authors'
     rejects: str | None = None
     overwrite: bool = False
 
@@ -241,13 +242,13 @@ def content_settings(cfg: EnrichConfig) -> dict:
     those count only without --greedy; --device counts through the dtype it resolves to."""
     from lego_core.device import pick_device
     from lego_core.provenance import model_identity
-    from lego_core.vllm.templates import INFERENCE_QUESTION
+    from lego_core.vllm.templates import question_template
 
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "float16" if pick_device(cfg.device).startswith("cuda") else "float32"
     sampling = {} if cfg.greedy else {"temperature": cfg.temperature, "seed": cfg.seed, "batch_size": cfg.batch_size}
-    return {"vllm": model_identity(cfg.vllm), "question": INFERENCE_QUESTION, "greedy": cfg.greedy, **sampling,
+    return {"vllm": model_identity(cfg.vllm), "question": question_template(cfg.question), "greedy": cfg.greedy, **sampling,
             "max_text_tokens": cfg.max_text_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
             "aspect": cfg.aspect}
 
@@ -285,6 +286,9 @@ def check_config(cfg: EnrichConfig) -> None:
         raise BadInput(f"--temperature must be > 0 (or pass --greedy), not {cfg.temperature}")
     if cfg.aspect not in ("crop", "pad"):
         raise BadInput(f"--aspect must be 'crop' or 'pad', not {cfg.aspect!r}")
+    from lego_core.vllm.templates import question_template
+
+    question_template(cfg.question)           # one place for the action, or exit 2 before any work
     if not cfg.out:
         raise BadInput("--out PATTERN is required, e.g. --out enriched/shard-%06d.tar")
 
@@ -305,7 +309,7 @@ class _Enricher:
         return describe_and_embed(self.model, self.processor, images, labels, greedy=c.greedy,
                                   temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=seed,
                                   batch_size=len(images), max_text_tokens=c.max_text_tokens or None,
-                                  aspect=c.aspect)
+                                  aspect=c.aspect, question=c.question)
 
     def flush(self, batch: list[tuple[dict, object, str]], writer, seed: int) -> None:
         import numpy as np

@@ -1,12 +1,15 @@
 """Prompts for the VLLM: the model's own chat template when it has one, a documented fallback
 otherwise, and the image preparation shared by inference and tuning.
 
-Fallback (no chat template on the processor or its tokenizer): LLaVA-1.5's conversation format,
-the one llava-1.5-*-hf and the authors' LEGO VLLM were trained with::
+Fallback (no chat template on the processor or its tokenizer): LLaVA-1.5's conversation format
+(`llava_v1`), the one llava-1.5-*-hf were trained with::
 
     USER: <image>\\n{question} ASSISTANT:
 
 (`<image>` is the processor's image token; the processor expands it to one token per image patch.)
+The authors' LEGO VLLM (LLaVA v1 on Llama-2-13B-chat) was tuned and run with `llava_llama_2`
+instead, ``[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n<image>\\n{question} [/INST]``: `lego import vllm`
+writes that as the imported folder's chat template, so this fallback is never used for it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""The questions the VLLM is asked: ten templates of our own that put the action label into a
-question about how to do it in the pictured scene.
+"""The questions the VLLM is asked: the authors' inference question, and ten tuning templates of
+our own, each putting the action label into a question about how to do it in the pictured scene.
 
 The paper drew one of its ten templates at random for every tuning step and used one fixed question
 at inference. Both behaviours are here: `tuning_question(label, rng)` draws from
-`QUESTION_TEMPLATES` with a caller-seeded `random.Random`, `inference_question(label)` always uses
-`INFERENCE_QUESTION` (the first template). The wording is ours; the authors' templates were never
-released.
+`QUESTION_TEMPLATES` with a caller-seeded `random.Random`; `inference_question(label)` asks
+`INFERENCE_QUESTION`, the authors' released one (their README and `vllm/scripts/inference.sh`:
+``--query "How does the person properly {} that is displayed in the video frame?"``), or another
+template given as `question` (`--question` on enrich / generate / evaluate). The ten tuning
+templates' wording is ours: the authors' were never released.
 
 The label goes in as `action_text(label)`: Ego4D narrations ("#C C cuts the onion") are cleaned by
 `lego_core.data.labels.clean_narration` (the same function extraction uses, so the cleaning lives in
@@ -32,7 +34,8 @@ QUESTION_TEMPLATES: tuple[str, ...] = (
     "What are the hand movements and object interactions needed to {action} in this scene?",
 )
 
-INFERENCE_QUESTION = QUESTION_TEMPLATES[0]
+# The authors' inference question, word for word ("{}" in their script).
+INFERENCE_QUESTION = "How does the person properly {action} that is displayed in the video frame?"
 
 _TRAILING = re.compile(r"[\s.!?,;:]+$")
 
@@ -59,9 +62,27 @@ def fill(template: str, label: str) -> str:
     return template.format(action=action_text(label))
 
 
-def inference_question(label: str) -> str:
-    """The fixed inference question for `label` (`INFERENCE_QUESTION`)."""
-    return fill(INFERENCE_QUESTION, label)
+def question_template(question: str | None) -> str:
+    """`question` (None: `INFERENCE_QUESTION`) checked to hold one place for the action, written
+    "{action}" or, as in the authors' scripts, "{}"; returned in the "{action}" form."""
+    if question is None:
+        return INFERENCE_QUESTION
+    template = question.replace("{}", "{action}")
+    if not template.strip() or template.count("{action}") != 1:
+        raise BadInput(f"--question {question!r}: put {{}} (or {{action}}) once where the action goes, e.g. "
+                       f"{INFERENCE_QUESTION.replace('{action}', '{}')!r}")
+    try:
+        template.format(action="x")
+    except (IndexError, KeyError, ValueError):
+        raise BadInput(f"--question {question!r}: only {{}} or {{action}} may be in braces "
+                       "(write {{ and }} for literal braces)") from None
+    return template
+
+
+def inference_question(label: str, question: str | None = None) -> str:
+    """The inference question for `label`: `INFERENCE_QUESTION` (the authors'), or the template
+    `question` (see `question_template`)."""
+    return fill(question_template(question), label)
 
 
 def tuning_question(label: str, rng: random.Random | int) -> str:
