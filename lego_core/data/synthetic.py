@@ -316,16 +316,27 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
                         preset: str = "veryfast", seed: int = 0,
                         hands: Callable[[int], Sequence[tuple[float, float]]] | None = None,
                         threads: int = 0, timestamps: Callable[[int], int] | None = None) -> dict:
-    """Write `n_frames` rendered frames as H.264 (libx264, yuv420p) with B-frames and a closed
+    """Write `n_frames` of `render_frame` (index band, seeded scene, `hands(i)` palm centres or the
+    idle paths) as H.264; see `write_video`. Returns the video's facts."""
+    info = write_video(path, n_frames, lambda i: render_frame(i, width, height, seed=seed,
+                                                            hands=hands(i) if hands else None),
+                       fps=fps, width=width, height=height, gop_seconds=gop_seconds, bframes=bframes, crf=crf,
+                       preset=preset, threads=threads, timestamps=timestamps)
+    return {**info, "seed": seed}
+
+
+def write_video(path, n_frames: int, frame: Callable[[int], np.ndarray], *, fps=Fraction(60000, 1001),
+                width: int = 640, height: int = 360, gop_seconds: float = 1.0, bframes: int = 3, crf: int = 20,
+                preset: str = "veryfast", threads: int = 0, timestamps: Callable[[int], int] | None = None) -> dict:
+    """Write `frame(i)` (HxWx3 uint8) for i < `n_frames` as H.264 (libx264, yuv420p) with B-frames and a closed
     GOP of round(gop_seconds·fps) frames, to MP4 (or what the suffix names).
 
     Frame i gets pts = i in a time base of 1/fps, so it is shown at i/fps — what camera files
     look like to a decoder, and what extraction code must get right. Keyframes are forced
     regular (keyint_min = g, scenecut off) so seeking behaves the same on every GOP. Written to
-    a temporary name and renamed, so a finished file is never half-written. `hands` maps a
-    frame index to the two palm centres (default: idle paths). `timestamps` maps a frame index to
-    its pts in 1/fps units (default: the index); gaps make a variable-frame-rate video, as a phone
-    that drops frames writes. Returns the video's facts.
+    a temporary name and renamed, so a finished file is never half-written. `timestamps` maps a
+    frame index to its pts in 1/fps units (default: the index); gaps make a variable-frame-rate
+    video, as a phone that drops frames writes. Returns the video's facts.
     """
     import av
 
@@ -355,10 +366,9 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
                 "b_strategy": "0", "crf": str(crf), "preset": preset,
             }
             for i in range(n_frames):
-                rgb = render_frame(i, width, height, seed=seed, hands=hands(i) if hands else None)
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                frame.pts, frame.time_base = (timestamps(i) if timestamps else i), time_base
-                container.mux(stream.encode(frame))
+                picture = av.VideoFrame.from_ndarray(frame(i), format="rgb24")
+                picture.pts, picture.time_base = (timestamps(i) if timestamps else i), time_base
+                container.mux(stream.encode(picture))
             container.mux(stream.encode(None))
         os.replace(tmp, path)
     finally:
@@ -367,7 +377,7 @@ def write_indexed_video(path, n_frames: int, *, fps=Fraction(60000, 1001), width
     return {
         "path": str(path), "fps": float(fps), "fps_fraction": f"{fps.numerator}/{fps.denominator}",
         "n_frames": n_frames, "width": width, "height": height, "duration": float(n_frames / fps),
-        "gop": gop, "bframes": bframes, "seed": seed,
+        "gop": gop, "bframes": bframes,
     }
 
 
