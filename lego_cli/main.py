@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "Count, list and validate the samples of a shard set."),
     "evaluate": ("evaluate", "Score generated frames (PSNR, LPIPS, FID, CLIP, BLIP): table, metrics.json, report.html."),
     "curate": ("curate", "Detailed action descriptions (curated.txt) from any OpenAI-compatible LLM; resumable."),
-    "demo": ("demo", "The whole method end to end on the bundled sample, with tiny models."),
+    "demo": ("demo", "The whole method end to end on a synthetic kitchen, with tiny models that learn it."),
     "tune-vllm": ("tune_vllm", "Visual instruction tuning of a LLaVA on curated shards (DeepSpeed)."),
     "train": ("train", "Train the LEGO diffusion model (DeepSpeed; one CPU to many GPUs)."),
     "generate": ("generate", "A frame + an action prompt -> the action frame (and the description)."),

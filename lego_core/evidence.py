@@ -12,7 +12,7 @@ the learning demo asks, on samples no model saw (the demo and the learning test 
 - the VAE round trip of the true frame, the ceiling the unchanged region can reach;
 - for a VLLM: whether its held-out descriptions name the verb, the object and the object's place.
 
-Generation is passed in as a function (images, labels, seeds → images), so the same checks run on
+Generation is passed in as a function (cases, labels, seeds → frames), so the same checks run on
 a model with its VLLM (which describes the wrong actions afresh) and on one with stand-in embeddings.
 """
 
@@ -46,6 +46,7 @@ class Case:
     verb: str
     noun: str
     label: str
+    video_id: str = ""
     boxes: list = field(default_factory=list)
     scene: list = field(default_factory=list)     # object names in the scene (wrong-object actions)
     wrong: dict = field(default_factory=dict)     # kind -> wrong label
@@ -64,7 +65,7 @@ def read_cases(shards: Sequence[str], scenes: dict[str, list[str]], verbs_for: C
         meta = json.loads(s["meta.json"])
         c = Case(key=s["__key__"], input=Image.open(io.BytesIO(s["input.jpg"])).convert("RGB"),
                  target=Image.open(io.BytesIO(s["target.jpg"])).convert("RGB"), verb=meta["verb"], noun=meta["noun"],
-                 label=meta["label"], boxes=meta.get("boxes") or [], scene=list(scenes.get(meta["video_id"], [])))
+                 label=meta["label"], video_id=meta["video_id"], boxes=meta.get("boxes") or [], scene=list(scenes.get(meta["video_id"], [])))
         other_verb = next((v for v in verbs_for(c.noun, c.verb) if v != c.verb), None)
         other_obj = next((o for o in c.scene if o != c.noun and c.verb in verbs_for(o, c.verb)), None)
         if other_verb:
@@ -87,9 +88,10 @@ def _share(pairs) -> float | None:
     return float(np.mean([a > b for a, b in pairs])) if pairs else None
 
 
-def measure(cases: list[Case], generate: Callable[[list, list[str], list[int]], list], *, seed: int = 0,
+def measure(cases: list[Case], generate: Callable[[list[Case], list[str], list[int]], list], *, seed: int = 0,
             round_trip: Callable[[object], object] | None = None, batch: int = 8) -> dict:
     """Generate the true and the wrong actions of every case (same seed per case) and score them.
+    `generate(cases, labels, seeds)` returns one frame per (case's input frame, label, seed).
 
     Returns {"summary": {...figures...}, "checks": [{name, value, goal, passed}], "samples": [...],
     "images": {key: {"generated": img, "other_verb": img, ...}}}."""
@@ -99,7 +101,7 @@ def measure(cases: list[Case], generate: Callable[[list, list[str], list[int]], 
     images: dict[str, dict] = {c.key: {} for c in cases}
     for i in range(0, len(jobs), batch):
         part = jobs[i : i + batch]
-        outs = generate([c.input for c, _, _ in part], [lab for _, _, lab in part], [seed] * len(part))
+        outs = generate([c for c, _, _ in part], [lab for _, _, lab in part], [seed] * len(part))
         for (c, kind, _), im in zip(part, outs):
             images[c.key][kind] = im
     rows = []

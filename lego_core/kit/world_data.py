@@ -218,7 +218,8 @@ def make_world(folder, cfg: WorldConfig = WorldConfig(), workers: int = 1) -> di
     fho = {"version": "v2", "date": "synthetic", "description": f"lego synthetic kitchen (seed {cfg.seed})",
            "videos": [_ego4d_entry(c, cfg) for c in clips if c.dataset == "ego4d"]}
     _write_json(ego / "fho_main.json", fho)
-    split = {"test_videos": sorted(c.video_id for c in clips if c.test), "config": asdict(cfg)}
+    split = {"test_videos": sorted(c.video_id for c in clips if c.test), "config": asdict(cfg),
+             "scenes": {c.video_id: [o.name for o in c.layout.objects] for c in clips}}
     _write_json(out / "split.json", split)
     return {"epic_csv": str(epic / "EPIC_100_world.csv"), "epic_boxes": str(epic / "boxes.jsonl"),
             "epic_videos": str(epic / "videos"), "ego4d_json": str(ego / "fho_main.json"),
