@@ -177,7 +177,7 @@ class Demo:
             out[part] = pattern.replace("%06d", "000000")
         return out
 
-    def train(self, enriched: dict, models: dict, conditioning: str) -> dict:
+    def train(self, enriched: dict, models: dict, conditioning: str, n_train: int) -> dict:
         from lego_core.diffusion.latents import cache_for_run
         from lego_core.diffusion.train import TrainConfig, train
         from lego_core.engine.config import EngineOptions
@@ -189,7 +189,9 @@ class Demo:
             shards=latents, out=str(run), base=models["sd"], conditioning=conditioning, resolution=c.resolution,
             max_steps=c.train_steps, learning_rate=c.learning_rate, workers=0, checkpoint_every=c.train_steps,
             cached_latents=True, flip=False, ema=False, seed=c.seed, progress=c.progress, val_steps=c.gen_steps,
-            engine=EngineOptions(micro_batch=c.micro_batch, grad_accum=1, zero_stage=2, precision="fp32")))
+            # a small world (the reduced test) has fewer pairs than a micro-batch
+            engine=EngineOptions(micro_batch=max(1, min(c.micro_batch, n_train)), grad_accum=1, zero_stage=2,
+                                 precision="fp32")))
         return {"model": str(model), "run": str(run)}
 
     # -- evidence ----------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ class Demo:
         models = self.stage("models", lambda: self.models(curated))
         tuned = self.stage("tune-vllm", lambda: self.tune(curated, models))
         enriched = self.stage("enrich", lambda: self.enrich(curated, tuned))
-        trained = {cond: self.stage(f"train-{cond.replace('+', '-')}", lambda cond=cond: self.train(enriched, models, cond))
+        trained = {cond: self.stage(f"train-{cond.replace('+', '-')}", lambda cond=cond: self.train(enriched, models, cond, split["train_samples"]))
                    for cond in (MAIN, *self.cfg.ablation)}
         evaluated = self.stage("evaluate", lambda: self.evaluate(source, enriched, trained, tuned, models))
         return {"out": str(self.root), "artefacts": self.artefacts, "table": evaluated["table"],

@@ -19,8 +19,9 @@ from lego_core.kit.world import OBJECTS
 SEED = int(os.environ.get("LEGO_LEARNING_SEED", "0"))
 DIM = 64                                                   # the stand-in VLLM width
 WORLD = dict(clips=44, test_clips=8, objects=("onion", "tomato", "cup"), verbs=("cut", "pick up", "wash"),
-             objects_per_clip=3, actions_per_clip=3, width=64, height=64)
-RES, STEPS, MICRO_BATCH, LR = 64, 300, 16, 5e-4
+             objects_per_clip=3, actions_per_clip=3, width=32, height=32)
+RES, VAE_STEPS, STEPS, MICRO_BATCH, LR = 32, int(os.environ.get("LEGO_LEARNING_VAE_STEPS", 200)), \
+    int(os.environ.get("LEGO_LEARNING_STEPS", 300)), 16, 5e-4
 
 
 def write_shards(folder, world):
@@ -83,9 +84,10 @@ def test_training_learns_the_action_on_held_out_clips(tmp_path):
 
     world = WorldConfig(**WORLD, seed=SEED)
     train_shard, test_shard = write_shards(tmp_path, world)
-    sd = make_tiny_sd(tmp_path / "sd", sample_size=RES // 4, unet_block_out_channels=(32, 64, 64),
-                      cross_attention_dim=32, vae_block_out_channels=(16, 32, 32), seed=SEED)
-    vae = fit_vae(sd, frames(train_shard), frames(test_shard), size=RES, steps=150, batch=16, seed=SEED)
+    sd = make_tiny_sd(tmp_path / "sd", sample_size=RES // 2, unet_block_out_channels=(32, 64),
+                      cross_attention_dim=32, vae_block_out_channels=(16, 32), seed=SEED)
+    vae = fit_vae(sd, frames(train_shard), frames(test_shard), size=RES, steps=VAE_STEPS, batch=16, seed=SEED)
+    print("vae", vae)
     latents = cache_for_run([train_shard], str(sd), str(tmp_path / "run"), RES, False, progress=False)
     model = train(TrainConfig(shards=latents, out=str(tmp_path / "run"), base=str(sd), conditioning="description+joint",
                               resolution=RES, max_steps=STEPS, learning_rate=LR, workers=0, checkpoint_every=STEPS,
@@ -97,5 +99,6 @@ def test_training_learns_the_action_on_held_out_clips(tmp_path):
     cases = evidence.read_cases([test_shard], scenes, lambda noun, verb: OBJECTS[noun][3])
     layouts = {c.key: clips[c.video_id].layout for c in cases}
     result = evidence.measure(cases, standin_generate(str(model), layouts), seed=SEED)
+    print(json.dumps(result["summary"], indent=1))
     failed = [c for c in result["checks"] if not c["passed"]]
     assert not failed, (failed, result["summary"], vae)

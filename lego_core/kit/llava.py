@@ -58,8 +58,14 @@ def tiny_llava(
     text_layers: int = 2,
     vocab_size: int = 1000,
     seed: int = 0,
+    position_codes: bool = False,
 ):
-    """The in-memory `(model, processor)` pair that `make_tiny_llava` saves."""
+    """The in-memory `(model, processor)` pair that `make_tiny_llava` saves.
+
+    `position_codes`: give the vision tower's patch positions clear 2-D Fourier codes (unit scale)
+    instead of random ones at CLIP's init scale (0.02), so its features say *where* a patch is, as a
+    pretrained CLIP's do. A random tower hides that under the patch content; the demo's VLLM must
+    read where an object is from the frame."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -124,11 +130,29 @@ def tiny_llava(
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.eval()
+    if position_codes:
+        _set_position_codes(model, image_size // patch_size, vision_hidden)
     gen = model.generation_config
     gen.bos_token_id = tokenizer.bos_token_id
     gen.eos_token_id = tokenizer.eos_token_id
     gen.pad_token_id = tokenizer.pad_token_id
     return model, processor
+
+
+def _set_position_codes(model, grid: int, width: int) -> None:
+    import math
+
+    import torch
+
+    tower = model.model.vision_tower
+    emb = getattr(tower, "vision_model", tower).embeddings.position_embedding.weight
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    freqs = torch.arange(1, width // 4 + 1, dtype=torch.float32) * math.pi / grid
+    codes = torch.cat([torch.sin(rows.flatten()[:, None] * freqs), torch.cos(rows.flatten()[:, None] * freqs),
+                       torch.sin(cols.flatten()[:, None] * freqs), torch.cos(cols.flatten()[:, None] * freqs)], 1)
+    with torch.no_grad():
+        emb.zero_()
+        emb[1:, : codes.shape[1]] = codes * math.sqrt(2)       # row 0 is CLS
 
 
 def make_tiny_llava(
@@ -142,6 +166,7 @@ def make_tiny_llava(
     text_layers: int = 2,
     vocab_size: int = 1000,
     seed: int = 0,
+    position_codes: bool = False,
 ) -> Path:
     """Write a tiny random LLaVA-1.5-layout folder (model + processor, safetensors); return its path.
 
@@ -152,7 +177,7 @@ def make_tiny_llava(
     model, processor = tiny_llava(
         image_size=image_size, patch_size=patch_size, vision_hidden=vision_hidden,
         vision_layers=vision_layers, text_hidden=text_hidden, text_layers=text_layers,
-        vocab_size=vocab_size, seed=seed,
+        vocab_size=vocab_size, seed=seed, position_codes=position_codes,
     )
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)

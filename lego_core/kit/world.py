@@ -42,12 +42,12 @@ COUNTER_BOTTOM = 0.79     # objects stand above this line; the hands rest below 
 REST = ((0.13, 0.89), (0.87, 0.89))  # left and right palm centres at rest
 PALM = (0.085, 0.14)
 
-_C = {
-    "wall": (196, 204, 210), "counter": (176, 136, 94), "skin": (230, 178, 146), "sleeve": (60, 90, 150),
-    "onion": (150, 60, 110), "onion_in": (246, 236, 244), "tomato": (215, 40, 35), "tomato_in": (250, 200, 90),
-    "carrot": (240, 130, 20), "carrot_in": (255, 230, 150), "cup": (40, 70, 200), "cup_in": (20, 30, 90),
-    "plate": (248, 248, 244), "rim": (160, 160, 170), "wood": (214, 170, 110), "handle": (40, 35, 30),
-    "cavity": (35, 25, 20), "fridge": (236, 240, 242), "inside": (45, 55, 75), "steel": (150, 155, 165),
+_C = {   # a dark slate counter, so every object and end state stands out from it
+    "wall": (200, 206, 212), "counter": (70, 80, 95), "skin": (230, 178, 146), "sleeve": (150, 40, 45),
+    "onion": (200, 120, 190), "onion_in": (250, 240, 248), "tomato": (230, 45, 40), "tomato_in": (250, 205, 90),
+    "carrot": (245, 135, 25), "carrot_in": (255, 232, 160), "cup": (240, 200, 40), "cup_in": (120, 90, 10),
+    "plate": (248, 248, 244), "rim": (180, 180, 190), "wood": (214, 170, 110), "handle": (40, 35, 30),
+    "cavity": (30, 22, 18), "fridge": (236, 240, 242), "inside": (45, 55, 75), "steel": (150, 155, 165),
     "sink": (120, 130, 140), "water": (25, 95, 255), "foam": (255, 255, 255), "blade": (215, 220, 228),
 }
 
@@ -255,11 +255,12 @@ def hand_target(o: Placed, verb: str) -> tuple[float, float]:
 
 
 def render(layout: Layout, width: int, height: int, action: tuple[str, str] | None = None,
-           progress: float = 1.0) -> np.ndarray:
+           progress: float = 1.0, move_hand: bool = True) -> np.ndarray:
     """An HxWx3 uint8 frame of `layout`: at rest (`action` None), or `action` = (verb, object) done.
 
     `progress` in [0, 1) moves the acting hand from rest towards the object with the scene still
     unchanged (the frames of a video between rest and the action); 1 shows the end state.
+    `move_hand=False` shows the end state with both hands at rest (to measure the state change alone).
     """
     c = _Canvas(width, height, layout.tint)
     _background(c)
@@ -286,7 +287,7 @@ def render(layout: Layout, width: int, height: int, action: tuple[str, str] | No
         if acted and verb == "wash":
             _wet(c, o.box)
     hands = {"left": layout.rest[0], "right": layout.rest[1]}
-    if action is not None:
+    if action is not None and move_hand:
         o = layout.find(target)
         goal = hand_target(o, verb)
         s = min(max(progress, 0.0), 1.0)
@@ -298,7 +299,7 @@ def render(layout: Layout, width: int, height: int, action: tuple[str, str] | No
         x0, y0, x1, y1 = lifted.box
         up = (x0, y0 - 0.2, x1, y1 - 0.2)
         (_dish if OBJECTS[lifted.name][0] == "dish" else lambda cc, oo, bb: _food(cc, oo, bb, cut=False))(c, lifted, up)
-    if done and verb == "cut":
+    if done and verb == "cut" and move_hand:
         _knife(c, hands[layout.find(target).hand], layout.find(target).hand)
     return np.asarray(c.img)
 
