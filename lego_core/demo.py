@@ -33,8 +33,8 @@ class DemoConfig:
     test_clips: int = 12                   # held out by clip: 36 pairs no model sees
     resolution: int = 64                   # the diffusion model's (16x16 latents, VAE factor 4)
     vae_steps: int = 300
-    tune_epochs: float = 12.0
-    tune_lr: float = 1e-3
+    tune_epochs: float = 16.0
+    tune_lr: float = 2e-3
     train_steps: int = 800
     micro_batch: int = 16
     learning_rate: float = 5e-4
@@ -150,10 +150,11 @@ class Demo:
                           cross_attention_dim=32, vae_block_out_channels=(32, 64, 64), seed=self.cfg.seed)
         vae = fit_vae(sd, _frames(curated["train"]), _frames(curated["test"]), size=r, steps=self.cfg.vae_steps,
                       seed=self.cfg.seed, progress=self.cfg.progress)
-        llava = make_tiny_llava(m / "llava-base", image_size=48, patch_size=8, text_hidden=64, seed=self.cfg.seed)
+        llava = make_tiny_llava(m / "llava-base", image_size=48, patch_size=8, text_hidden=128, position_codes=True,
+                                seed=self.cfg.seed)
         return {"llava": str(llava), "sd": str(sd), "vae": vae}
 
-    def tune(self, curated: dict, models: dict) -> dict:
+    def tune(self, curated: dict, models: dict, n_train: int) -> dict:
         from lego_core.engine.config import EngineOptions
         from lego_core.vllm.tune import TuneConfig, tune
 
@@ -162,7 +163,8 @@ class Demo:
                                 epochs=self.cfg.tune_epochs, learning_rate=self.cfg.tune_lr, workers=0,
                                 gradient_checkpointing=False, checkpoint_every=10 ** 6, seed=self.cfg.seed,
                                 progress=self.cfg.progress,
-                                engine=EngineOptions(micro_batch=8, grad_accum=1, zero_stage=2, precision="fp32")))
+                                engine=EngineOptions(micro_batch=min(16, n_train), grad_accum=1, zero_stage=2,
+                                                     precision="fp32")))
         return {"vllm": str(model), "run": str(run)}
 
     def enrich(self, curated: dict, tuned: dict) -> dict:
@@ -226,9 +228,11 @@ class Demo:
         split = self.stage("split", lambda: self.split(extracted, source))
         curated = self.stage("curate", lambda: self.curate(split))
         models = self.stage("models", lambda: self.models(curated))
-        tuned = self.stage("tune-vllm", lambda: self.tune(curated, models))
+        tuned = self.stage("tune-vllm", lambda: self.tune(curated, models, split["train_samples"]))
         enriched = self.stage("enrich", lambda: self.enrich(curated, tuned))
-        trained = {cond: self.stage(f"train-{cond.replace('+', '-')}", lambda cond=cond: self.train(enriched, models, cond, split["train_samples"]))
+        n_train = split["train_samples"]
+        trained = {cond: self.stage(f"train-{cond.replace('+', '-')}",
+                                    lambda cond=cond: self.train(enriched, models, cond, n_train))
                    for cond in (MAIN, *self.cfg.ablation)}
         evaluated = self.stage("evaluate", lambda: self.evaluate(source, enriched, trained, tuned, models))
         return {"out": str(self.root), "artefacts": self.artefacts, "table": evaluated["table"],

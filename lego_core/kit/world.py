@@ -119,7 +119,8 @@ def make_layout(rng: np.random.Generator, objects: tuple[str, ...], n_objects: i
         placed.append(Placed(name, box, is_open=kind == "door" and bool(rng.random() < 0.5)))
     tint = tuple(float(v) for v in rng.uniform(0.93, 1.07, size=3))
     jitter = rng.uniform(-0.02, 0.02, size=4)
-    rest = ((REST[0][0] + jitter[0], REST[0][1] + jitter[1]), (REST[1][0] + jitter[2], REST[1][1] + jitter[3]))
+    # mirrored in x, so the hand nearer an object is always the one on its side of the centre line
+    rest = ((REST[0][0] + jitter[0], REST[0][1] + jitter[1]), (REST[1][0] - jitter[0], REST[1][1] + jitter[3]))
     return Layout(placed, tint=tint, rest=rest)
 
 
