@@ -31,11 +31,13 @@ class DemoConfig:
     llm: str = "gpt-3.5-turbo"
     clips: int = 112                       # one layout each, 3 actions: 336 pairs
     test_clips: int = 12                   # held out by clip: 36 pairs no model sees
-    resolution: int = 64                   # the diffusion model's (16x16 latents, VAE factor 4)
-    vae_steps: int = 300
+    resolution: int = 32                   # the diffusion model's: 16x16 latents with the factor-2 VAE
+    vae_channels: tuple[int, ...] = (16, 32)          # 2 blocks: VAE factor 2
+    unet_channels: tuple[int, ...] = (32, 64)
+    vae_steps: int = 200
     tune_epochs: float = 16.0
     tune_lr: float = 2e-3
-    train_steps: int = 800
+    train_steps: int = 500
     micro_batch: int = 16
     learning_rate: float = 5e-4
     ablation: tuple[str, ...] = ("label",)  # conditionings trained beside description+joint
@@ -96,11 +98,11 @@ class Demo:
     def extract(self, source: dict) -> dict:
         from lego_core.data.extract import ExtractConfig, extract
 
-        for dataset, name, annotations, videos, boxes in (
+        for dataset, name, annotation_file, videos, boxes in (
             ("epic-kitchens", "epic", source["epic_csv"], source["epic_videos"], source["epic_boxes"]),
             ("ego4d", "ego4d", source["ego4d_json"], source["ego4d_videos"], None),
         ):
-            extract(ExtractConfig(dataset=dataset, annotations=annotations, videos=videos, boxes=boxes, size=0,
+            extract(ExtractConfig(dataset=dataset, annotations=annotation_file, videos=videos, boxes=boxes, size=0,
                                   quality=95, out=str(self.path("shards", "extracted", f"{name}-%06d.tar"))),
                     progress=self.cfg.progress)
         return {"shards": str(self.path("shards", "extracted"))}
@@ -146,8 +148,9 @@ class Demo:
 
         m = self.path("models")
         r = self.cfg.resolution
-        sd = make_tiny_sd(m / "sd-base", sample_size=r // 4, unet_block_out_channels=(64, 128, 128),
-                          cross_attention_dim=32, vae_block_out_channels=(32, 64, 64), seed=self.cfg.seed)
+        factor = 2 ** (len(self.cfg.vae_channels) - 1)
+        sd = make_tiny_sd(m / "sd-base", sample_size=r // factor, unet_block_out_channels=self.cfg.unet_channels,
+                          cross_attention_dim=32, vae_block_out_channels=self.cfg.vae_channels, seed=self.cfg.seed)
         vae = fit_vae(sd, _frames(curated["train"]), _frames(curated["test"]), size=r, steps=self.cfg.vae_steps,
                       seed=self.cfg.seed, progress=self.cfg.progress)
         llava = make_tiny_llava(m / "llava-base", image_size=48, patch_size=8, text_hidden=128, position_codes=True,
@@ -271,18 +274,21 @@ def _verbs_for(split_file: str):
 
 
 def _generator(model: str, vllm: str, c: DemoConfig):
-    """cases, labels, seeds → action frames of the cases' input frames, through `lego generate`'s batched generator; a model
-    that uses VLLM embeddings gets them from the VLLM describing each (true or wrong) action."""
+    """cases, labels, seeds → action frames of the cases' input frames, through `lego generate`'s
+    batched generator; a model that uses VLLM embeddings gets them from the VLLM describing each
+    (true or wrong) action."""
     from lego_core.diffusion.build import folder_conditioning
     from lego_core.diffusion.generate import ActionFrameGenerator, GenerateOptions, Request
 
     # a label model is prompted with the label; every other one with the VLLM's description
-    gen = ActionFrameGenerator(model, vllm=vllm if folder_conditioning(model) != "label" else None, options=GenerateOptions(
+    vllm = vllm if folder_conditioning(model) != "label" else None
+    gen = ActionFrameGenerator(model, vllm=vllm, options=GenerateOptions(
         steps=c.gen_steps, size=c.resolution, guidance=c.guidance, image_guidance=c.image_guidance, seed=c.seed,
         device="cpu", greedy=True, max_new_tokens=c.max_new_tokens, progress=False, batch_size=12))
 
     def generate(cases, labels, seeds):
-        return [g.images[0] for g in gen.run([Request(c.input, lab, seed=s) for c, lab, s in zip(cases, labels, seeds)])]
+        requests = [Request(c.input, lab, seed=s) for c, lab, s in zip(cases, labels, seeds)]
+        return [g.images[0] for g in gen.run(requests)]
     return generate
 
 

@@ -65,7 +65,8 @@ def read_cases(shards: Sequence[str], scenes: dict[str, list[str]], verbs_for: C
         meta = json.loads(s["meta.json"])
         c = Case(key=s["__key__"], input=Image.open(io.BytesIO(s["input.jpg"])).convert("RGB"),
                  target=Image.open(io.BytesIO(s["target.jpg"])).convert("RGB"), verb=meta["verb"], noun=meta["noun"],
-                 label=meta["label"], video_id=meta["video_id"], boxes=meta.get("boxes") or [], scene=list(scenes.get(meta["video_id"], [])))
+                 label=meta["label"], video_id=meta["video_id"], boxes=meta.get("boxes") or [],
+                 scene=list(scenes.get(meta["video_id"], [])))
         other_verb = next((v for v in verbs_for(c.noun, c.verb) if v != c.verb), None)
         other_obj = next((o for o in c.scene if o != c.noun and c.verb in verbs_for(o, c.verb)), None)
         if other_verb:

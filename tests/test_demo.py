@@ -39,7 +39,8 @@ def test_demo_runs_every_stage_and_a_rerun_skips_them(tmp_path):
     split = json.loads((out / "source" / "split.json").read_text())
     assert {k for k in test if any(v in k for v in split["test_videos"])} == set(test)     # held out by clip
     assert "curated.txt" in members(shards / "curated" / "train-000000.tar")
-    assert {"enriched.txt", "vllm_img.npy", "vllm_txt.npy", "curated.txt"} <= members(shards / "enriched" / "test-000000.tar")
+    enriched = members(shards / "enriched" / "test-000000.tar")
+    assert {"enriched.txt", "vllm_img.npy", "vllm_txt.npy", "curated.txt"} <= enriched
     tuned = Path(result["artefacts"]["tune-vllm: vllm"])
     assert (tuned / "config.json").is_file() and (tuned / "model.safetensors").is_file()
     for run in ("lego-description-joint", "lego-label"):

@@ -79,9 +79,11 @@ def test_the_acting_hand_is_on_the_objects_side_and_descriptions_say_so():
 def test_world_videos_extract_to_the_rendered_frames_in_both_formats(tmp_path):
     cfg = WorldConfig(clips=4, test_clips=2, width=96, height=96)
     paths = make_world(tmp_path / "w", cfg)
-    assert json.loads(open(paths["split"]).read())["test_videos"] == sorted(c.video_id for c in plan_world(cfg) if c.test)
-    for dataset, ann, videos, extra in (("epic-kitchens", paths["epic_csv"], paths["epic_videos"], ["--boxes", paths["epic_boxes"]]),
-                                        ("ego4d", paths["ego4d_json"], paths["ego4d_videos"], [])):
+    held_out = sorted(c.video_id for c in plan_world(cfg) if c.test)
+    assert json.loads(open(paths["split"]).read())["test_videos"] == held_out
+    for dataset, ann, videos, extra in (
+            ("epic-kitchens", paths["epic_csv"], paths["epic_videos"], ["--boxes", paths["epic_boxes"]]),
+            ("ego4d", paths["ego4d_json"], paths["ego4d_videos"], [])):
         r = run_lego("-q", "extract", "--dataset", dataset, "--annotations", ann, "--videos", videos, *extra,
                      "--size", "0", "--out", str(tmp_path / f"{dataset}-%06d.tar"))
         assert r.returncode == 0, r.stderr

@@ -10,7 +10,6 @@ so the diffusion model sees unit-variance latents, and the held-out round-trip P
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +78,3 @@ def fit_vae(folder: str | Path, train_images: list[np.ndarray], held_out: list[n
     return {"psnr": round(psnr, 2), "scaling_factor": vae.config.scaling_factor, "latent_std": round(std, 4),
             "steps": steps, "seconds": round(time.perf_counter() - t0, 1),
             "held_out_images": len(held_out), "train_images": len(train_images)}
-
-
-def finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -263,11 +263,3 @@ def world_samples(cfg: WorldConfig, split: str = "train") -> Iterator[dict]:
             yield {"__key__": f"world-{c.video_id}-{k}", "input.jpg": jpeg(x), "target.jpg": jpeg(y),
                    "meta.json": json.dumps(meta).encode()}
 
-
-def wrong_actions(layout_objects: list[str], verb: str, noun: str, verbs_for) -> dict[str, tuple[str, str] | None]:
-    """The two kinds of wrong action for (verb, noun): the same object with another verb, and the
-    same verb with another object in the scene (None where the scene has none)."""
-    other_verb = next((v for v in verbs_for(noun) if v != verb), None)
-    other_obj = next((o for o in layout_objects if o != noun and verb in verbs_for(o)), None)
-    return {"other_verb": (other_verb, noun) if other_verb else None,
-            "other_object": (verb, other_obj) if other_obj else None}
