@@ -210,7 +210,7 @@ class Demo:
         rows = {}
         for conditioning, t in trained.items():
             gen = _generator(t["model"], tuned["vllm"], c)
-            result = evidence.measure(cases, gen, seed=c.seed, round_trip=_round_trip(t["model"], c.resolution))
+            result = evidence.measure(cases, gen, seed=c.seed, round_trip=evidence.vae_round_trip(t["model"], c.resolution))
             rows[conditioning] = result
         vllm = {"tuned": evidence.vllm_description_scores(tuned["vllm"], cases, max_new_tokens=c.max_new_tokens),
                 "untuned": evidence.vllm_description_scores(models["llava"], cases, max_new_tokens=c.max_new_tokens),
@@ -291,20 +291,3 @@ def _generator(model: str, vllm: str, c: DemoConfig):
         return [g.images[0] for g in gen.run(requests)]
     return generate
 
-
-def _round_trip(model: str, size: int):
-    """The model's VAE: a frame at `size`², encoded and decoded, back at the frame's size."""
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKL
-    from PIL import Image
-
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
-
-    def round_trip(im):
-        x = torch.from_numpy(np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), np.float32) / 127.5 - 1)
-        with torch.no_grad():
-            y = vae.decode(vae.encode(x.permute(2, 0, 1)[None]).latent_dist.mode()).sample[0].clamp(-1, 1)
-        arr = ((y.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-        return Image.fromarray(arr).resize(im.size, Image.Resampling.BICUBIC)
-    return round_trip

@@ -162,6 +162,25 @@ def checks(s: dict) -> list[dict]:
     return out
 
 
+def vae_round_trip(model: str, size: int):
+    """The model folder's VAE as a function: a frame at `size`², encoded and decoded, back at the
+    frame's size — the best any generated frame of this model can match."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval()
+
+    def round_trip(im):
+        x = torch.from_numpy(np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), np.float32) / 127.5 - 1)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x.permute(2, 0, 1)[None]).latent_dist.mode()).sample[0].clamp(-1, 1)
+        arr = ((y.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        return Image.fromarray(arr).resize(im.size, Image.Resampling.BICUBIC)
+    return round_trip
+
+
 # -------------------------------------------------------------------------------------------------
 # The VLLM's descriptions
 # -------------------------------------------------------------------------------------------------

@@ -20,13 +20,13 @@ import pytest
 from lego_core.kit.world import OBJECTS
 
 SEED = int(os.environ.get("LEGO_LEARNING_SEED", "0"))
-FULL = os.environ.get("LEGO_LEARNING_FULL") == "1"
+FULL = os.environ.get("LEGO_LEARNING_FULL", "1") == "1"
 FLOOR_GAIN_DB = 1.0
 DIM = 64                                                   # the stand-in VLLM width
 WORLD = dict(clips=44, test_clips=8, objects=("onion", "tomato", "cup"), verbs=("cut", "pick up", "wash"),
              objects_per_clip=3, actions_per_clip=3, width=32, height=32)
 RES, VAE_STEPS, STEPS, MICRO_BATCH, LR = 32, int(os.environ.get("LEGO_LEARNING_VAE_STEPS", 200)), \
-    int(os.environ.get("LEGO_LEARNING_STEPS", 300)), 16, 5e-4
+    int(os.environ.get("LEGO_LEARNING_STEPS", 1000)), 16, 1e-3
 
 
 def write_shards(folder, world):
@@ -104,8 +104,10 @@ def test_training_learns_the_action_on_held_out_clips(tmp_path):
     verbs_for = lambda noun, verb: [v for v in OBJECTS[noun][3] if v in world.verbs]  # noqa: E731
     cases = evidence.read_cases([test_shard], scenes, verbs_for)
     layouts = {c.key: clips[c.video_id].layout for c in cases}
-    result = evidence.measure(cases, standin_generate(str(model), layouts), seed=SEED)
+    result = evidence.measure(cases, standin_generate(str(model), layouts), seed=SEED,
+                              round_trip=evidence.vae_round_trip(str(model), RES))
     s = result["summary"]
+    print("learning summary:", json.dumps(s), "vae:", json.dumps(vae))
     if FULL:
         failed = [c for c in result["checks"] if not c["passed"]]
         assert not failed, (failed, s, vae)
