@@ -34,12 +34,12 @@ class DemoConfig:
     resolution: int = 32                   # the diffusion model's: 16x16 latents with the factor-2 VAE
     vae_channels: tuple[int, ...] = (16, 32)          # 2 blocks: VAE factor 2
     unet_channels: tuple[int, ...] = (32, 64)
-    vae_steps: int = 200
-    tune_epochs: float = 16.0
+    vae_steps: int = 400
+    tune_epochs: float = 20.0
     tune_lr: float = 2e-3
-    train_steps: int = 500
+    train_steps: int = 1000                # where the action starts to steer the picture (see README)
     micro_batch: int = 16
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     ablation: tuple[str, ...] = ("label",)  # conditionings trained beside description+joint
     gen_steps: int = 20
     guidance: float = 5.0
@@ -50,6 +50,10 @@ class DemoConfig:
 
 
 MAIN = "description+joint"
+# The tiny VLLM is asked one of its tuning questions: a 128-wide LLaVA does not carry what it
+# learned over to a paraphrase it never saw (the authors' inference question is the default for
+# real models; `--question` sets it on enrich / generate / evaluate).
+DEMO_QUESTION = "How do I {action} in this scene? Describe the hands, the objects and the movement."
 
 
 class Demo:
@@ -177,6 +181,7 @@ class Demo:
         for part in ("train", "test"):
             pattern = str(self.path("shards", "enriched", f"{part}-%06d.tar"))
             enrich(EnrichConfig(shards=[curated[part]], vllm=tuned["vllm"], out=pattern, batch_size=16,
+                                question=DEMO_QUESTION,
                                 max_new_tokens=self.cfg.max_new_tokens, greedy=True, seed=self.cfg.seed,
                                 device="cpu", num_shards=1, shard_index=0), progress=self.cfg.progress)
             out[part] = pattern.replace("%06d", "000000")
@@ -210,12 +215,13 @@ class Demo:
         rows = {}
         for conditioning, t in trained.items():
             gen = _generator(t["model"], tuned["vllm"], c)
-            result = evidence.measure(cases, gen, seed=c.seed, round_trip=evidence.vae_round_trip(t["model"], c.resolution))
+            round_trip = evidence.vae_round_trip(t["model"], c.resolution)
+            result = evidence.measure(cases, gen, seed=c.seed, round_trip=round_trip)
             rows[conditioning] = result
-        vllm = {"tuned": evidence.vllm_description_scores(tuned["vllm"], cases, max_new_tokens=c.max_new_tokens),
-                "untuned": evidence.vllm_description_scores(models["llava"], cases, max_new_tokens=c.max_new_tokens),
-                "tuned, blank image": evidence.vllm_description_scores(tuned["vllm"], cases, blank=True,
-                                                                         max_new_tokens=c.max_new_tokens)}
+        ask = dict(max_new_tokens=c.max_new_tokens, question=DEMO_QUESTION)
+        vllm = {"tuned": evidence.vllm_description_scores(tuned["vllm"], cases, **ask),
+                "untuned": evidence.vllm_description_scores(models["llava"], cases, **ask),
+                "tuned, blank image": evidence.vllm_description_scores(tuned["vllm"], cases, blank=True, **ask)}
         out = self.path("eval")
         summary = write_learning_report(out, cases, rows, vllm, models.get("vae"), main=MAIN,
                                         test_shards=[enriched["test"]])
@@ -284,7 +290,8 @@ def _generator(model: str, vllm: str, c: DemoConfig):
     vllm = vllm if folder_conditioning(model) != "label" else None
     gen = ActionFrameGenerator(model, vllm=vllm, options=GenerateOptions(
         steps=c.gen_steps, size=c.resolution, guidance=c.guidance, image_guidance=c.image_guidance, seed=c.seed,
-        device="cpu", greedy=True, max_new_tokens=c.max_new_tokens, progress=False, batch_size=12))
+        device="cpu", greedy=True, max_new_tokens=c.max_new_tokens, progress=False, batch_size=12,
+        question=DEMO_QUESTION))
 
     def generate(cases, labels, seeds):
         requests = [Request(c.input, lab, seed=s) for c, lab, s in zip(cases, labels, seeds)]

@@ -210,7 +210,7 @@ def description_scores(descriptions: Sequence[str], cases: Sequence[Case]) -> di
 
 
 def vllm_description_scores(vllm: str, cases: Sequence[Case], *, blank: bool = False, aspect: str = "pad",
-                            max_new_tokens: int = 48) -> dict:
+                            max_new_tokens: int = 48, question: str | None = None) -> dict:
     """`description_scores` of a LLaVA folder's greedy held-out descriptions (`blank`: of a grey
     image instead of the frame — what the VLLM says from the label alone)."""
     from PIL import Image
@@ -221,7 +221,7 @@ def vllm_description_scores(vllm: str, cases: Sequence[Case], *, blank: bool = F
     model, processor = load_vllm(vllm, device="cpu", dtype="float32")
     images = [Image.new("RGB", c.input.size, (128, 128, 128)) if blank else c.input for c in cases]
     outs = describe_and_embed(model, processor, images, [c.label for c in cases], greedy=True,
-                              max_new_tokens=max_new_tokens, aspect=aspect)
+                              max_new_tokens=max_new_tokens, aspect=aspect, question=question)
     scores = description_scores([o.description for o in outs], cases)
     scores["example"] = outs[0].description if outs else ""
     return scores
