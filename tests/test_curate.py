@@ -376,9 +376,13 @@ def test_template_backend_offline(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["written"] == 22 and s["requests"] == 0 and s["cache_file"] is None
+    from lego_core.curate.template import split_label, third_person
+
     for key, fields in read_out(tmp_path / "demo", "shard-"):
         meta = json.loads(fields["meta.json"])
-        assert f'"{meta["label"]}"' in fields["curated.txt"].decode()
+        verb, noun = split_label(meta["label"], meta.get("noun", ""))
+        text = fields["curated.txt"].decode()
+        assert f"{third_person(verb)} the {noun}" in text and "In the end" in text, (meta["label"], text)
     help_text = run_cli("curate", "--help").output
     assert "NOT the paper's method" in help_text and "lego curate" in help_text
 
