@@ -2,8 +2,8 @@
 
 - `load.load_vllm(name_or_folder, device=, dtype=)` -> (model, processor), any
   `LlavaForConditionalGeneration` folder or hub id.
-- `templates`: the ten question templates (a seeded random one per tuning step, one fixed question
-  at inference) and `action_text`, the label as the questions use it.
+- `templates`: the ten tuning question templates (a seeded random one per tuning step), the
+  authors' inference question (or `--question`'s) and `action_text`, the label as the questions use it.
 - `prompting.build_prompt(processor, question)`: the chat template when the model has one, the
   LLaVA-1.5 conversation format otherwise.
 - `describe.describe_and_embed(model, processor, images, labels, ...)`: per sample the description
