@@ -26,11 +26,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune-vllm": ("tune_vllm", "Visual instruction tuning of a LLaVA on curated shards (DeepSpeed)."),
     "train": ("train", "Train the LEGO diffusion model (DeepSpeed; one CPU to many GPUs)."),
     "generate": ("generate", "A frame + an action prompt -> the action frame (and the description)."),
+    "serve": ("serve", "Try a model in the browser: a frame and actions in, action frames and descriptions out."),
     "import": ("import_cmd", "The authors' released checkpoint, VLLM and dataset -> lego's model folders and shards."),
 }
 
 
-PIPELINE_ORDER = ("extract", "inspect", "curate", "tune-vllm", "enrich", "train", "generate", "evaluate", "demo", "import")
+PIPELINE_ORDER = ("extract", "inspect", "curate", "tune-vllm", "enrich", "train", "generate", "evaluate", "demo", "serve", "import")
 
 
 class LazyGroup(click.Group):

@@ -1,0 +1,1 @@
+"""`lego serve`: try a model in the browser (gradio, the optional extra `lego[serve]`)."""
