@@ -10,7 +10,7 @@ from lego_core import __version__
 
 def test_importing_the_cli_imports_nothing_heavy():
     code = ("import sys, lego_cli.main; from lego_cli.main import cli; "
-            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'deepspeed', 'webdataset', 'av', 'numpy') "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'deepspeed', 'webdataset', 'av', 'numpy', 'gradio') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

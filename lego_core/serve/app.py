@@ -88,8 +88,9 @@ def build_page(session: ServeSession, extra_samples=()):
                 gr.Examples([[p, label] for p, label in samples], inputs=[frame, actions], label="Sample frames")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Action frames (one column per action)", columns=2, object_fit="contain",
-                                     height="auto", format="png", buttons=["download", "fullscreen"])
-                commands = gr.Code(label="Reproduce with `lego generate`", language="shell", interactive=False)
+                                     preview=False, format="png", buttons=["download", "fullscreen"])
+                commands = gr.Code(label="Reproduce with `lego generate`", language="shell", interactive=False,
+                               wrap_lines=True)
         inputs = [frame, actions, steps, guidance, image_guidance, seed, randomise, num_images]
         button.click(run, inputs, [gallery, commands, seed], api_name="generate", concurrency_limit=1)
     return page
@@ -99,6 +100,7 @@ def serve(session: ServeSession, host: str = "127.0.0.1", port: int = 7860, *, e
           block: bool = True, quiet: bool = False):
     """Start the page; with `block=False` return the running gradio app (tests close it)."""
     gr = import_gradio()
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # gradio's own requests to itself: not news
     page = build_page(session, extra_samples)
     page.queue(default_concurrency_limit=1, max_size=64)
     folders = {str(p.parent) for p, _ in (*bundled_samples(), *extra_samples)}
