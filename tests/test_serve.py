@@ -163,3 +163,16 @@ def test_no_model_and_no_gradio_are_one_line_exit_2(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)                # as if the extra were not installed
     result = run_cli("serve", "--demo-dir", tmp_path)
     assert result.exit_code == 2 and "lego[serve]" in result.output
+
+
+def test_sample_frames_bundled_and_from_shards(tmp_path):
+    from PIL import Image
+
+    from lego_core.serve.session import bundled_samples, shard_samples
+
+    bundled = bundled_samples()
+    assert len(bundled) >= 2 and all(label for _, label in bundled)
+    assert sum(p.stat().st_size for p, _ in bundled) < 50_000
+    frames = shard_samples(str(REPO / "shards" / "epic-000000.tar"), tmp_path, limit=3)
+    assert len(frames) == 3 and all(label for _, label in frames)
+    assert Image.open(frames[0][0]).size == (455, 256)
