@@ -152,14 +152,20 @@ class ServeSession:
 
     def command(self, frame_path: str | Path, action: str) -> str:
         """`lego generate` with everything that decides the image, so it can be run again."""
+        from lego_core.vllm.templates import INFERENCE_QUESTION
+
         gen, o = self.generator, self.generator.options
         args = ["lego", "generate", str(frame_path), action, "--model", gen.model_name]
         if gen.vllm_name:
             args += ["--vllm", gen.vllm_name]
             if o.greedy:
                 args.append("--greedy")
+            if o.question != INFERENCE_QUESTION:
+                args += ["--question", o.question]
         args += ["--steps", str(gen.steps), "--size", str(gen.size), "--guidance", f"{o.guidance:g}",
                  "--image-guidance", f"{o.image_guidance:g}", "--seed", str(o.seed)]
         if o.num_images > 1:
             args += ["--num-images", str(o.num_images)]
+        if o.authors_postprocess:
+            args.append("--authors-postprocess")
         return shlex.join(args)
