@@ -15,6 +15,7 @@ import pytest
 
 from conftest import LEGO, REPO, run_cli
 
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"      # gradio and gradio_client: no telemetry from the tests
 pytest.importorskip("gradio")
 
 
@@ -71,20 +72,31 @@ def server(tiny):
         assert proc.poll() is not None
 
 
+@pytest.fixture(scope="module")
+def client(server):
+    """One API client for the module, closed before the server stops (its threads must not outlive it)."""
+    from gradio_client import Client
+
+    c = Client(server["url"], verbose=False, analytics_enabled=False)
+    yield c
+    c.close()
+    executor = getattr(c, "stream_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 def generate(client, frame, actions, num_images=1):
     from gradio_client import handle_file
 
     return client.predict(handle_file(str(frame)), actions, 2, 7.5, 1.5, 0, False, num_images, api_name="/generate")
 
 
-def test_two_actions_give_two_images_with_descriptions_and_commands(server):
-    from gradio_client import Client
+def test_two_actions_give_two_images_with_descriptions_and_commands(client):
     from PIL import Image
 
     from lego_core.serve.session import bundled_samples
 
     frame = bundled_samples()[0][0]
-    client = Client(server["url"], verbose=False)
     gallery, commands, seed = generate(client, frame, "cut onion\nopen fridge")
     items = gallery["value"]
     assert gallery["columns"] == 2 and len(items) == 2 and seed == 0
@@ -100,12 +112,9 @@ def test_two_actions_give_two_images_with_descriptions_and_commands(server):
     assert kept.read_bytes() == Path(frame).read_bytes()
 
 
-def test_a_bad_upload_is_a_message_and_the_server_keeps_serving(server, tmp_path):
-    from gradio_client import Client
-
+def test_a_bad_upload_is_a_message_and_the_server_keeps_serving(server, client, tmp_path):
     from lego_core.serve.session import bundled_samples
 
-    client = Client(server["url"], verbose=False)
     not_image = tmp_path / "frame.jpg"
     not_image.write_text("not an image")
     with pytest.raises(Exception, match="(?i)image"):
@@ -122,6 +131,7 @@ def test_a_bad_upload_is_a_message_and_the_server_keeps_serving(server, tmp_path
 
 
 def test_the_page_loads_nothing_from_outside(server):
+    """System fonts only: gradio's default theme would fetch its fonts from Google."""
     html = urllib.request.urlopen(server["url"], timeout=30).read().decode()
     assert "fonts.googleapis" not in html and "fonts.gstatic" not in html
     css = urllib.request.urlopen(server["url"] + "theme.css", timeout=30).read().decode()

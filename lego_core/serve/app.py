@@ -31,6 +31,22 @@ def import_gradio():
     return gr
 
 
+def patient_self_check(gr) -> None:
+    """gradio checks that its own page answers (a HEAD request, 3 s timeout) and stops a healthy
+    server when it does not; on a busy machine (loading models, other jobs) that check fails. Run
+    gradio's own check up to a dozen times before giving up."""
+    networking = gr.networking
+    if getattr(networking.url_ok, "lego_patient", False):
+        return
+    check = networking.url_ok
+
+    def url_ok(url: str) -> bool:
+        return any(check(url) for _ in range(12))
+
+    url_ok.lego_patient = True
+    networking.url_ok = url_ok
+
+
 def theme(gr):
     """gradio's default look with system fonts: its own theme would load web fonts from Google."""
     return gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
@@ -101,6 +117,7 @@ def serve(session: ServeSession, host: str = "127.0.0.1", port: int = 7860, *, e
     """Start the page; with `block=False` return the running gradio app (tests close it)."""
     gr = import_gradio()
     logging.getLogger("httpx").setLevel(logging.WARNING)   # gradio's own requests to itself: not news
+    patient_self_check(gr)
     page = build_page(session, extra_samples)
     page.queue(default_concurrency_limit=1, max_size=64)
     folders = {str(p.parent) for p, _ in (*bundled_samples(), *extra_samples)}
