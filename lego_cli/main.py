@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-PIPELINE_ORDER = ("extract", "inspect", "curate", "tune-vllm", "enrich", "train", "generate", "evaluate", "demo", "serve", "import")
+PIPELINE_ORDER = ("extract", "inspect", "curate", "tune-vllm", "enrich", "train", "generate", "evaluate", "demo",
+                  "serve", "import")
 
 
 class LazyGroup(click.Group):

@@ -44,7 +44,8 @@ class Chromium:
         self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}",
                                       f"--window-size={width},{height}", "about:blank"],
                                      pass_fds=(3, 4, to_child_r, from_child_w), preexec_fn=fds,
-                                     stdout=subprocess.DEVNULL, stderr=open(os.environ.get("LEGO_CHROMIUM_LOG", os.devnull), "w"),
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(os.environ.get("LEGO_CHROMIUM_LOG", os.devnull), "w"),
                                      start_new_session=True)
         os.close(to_child_r)
         os.close(from_child_w)
