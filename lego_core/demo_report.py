@@ -108,7 +108,7 @@ def _figure(cases, images: dict):
 
 def _section(results: dict, vllm: dict, vae: dict | None, main: str, figure: Path) -> str:
     esc = html.escape
-    checks = "".join(f"<tr><td>{'✅' if c['passed'] else '❌'}</td><td>{esc(c['name'])}</td><td>{c['value']}</td>"
+    checks = "".join(f"<tr><td>{'pass' if c['passed'] else 'FAIL'}</td><td>{esc(c['name'])}</td><td>{c['value']}</td>"
                      f"<td>≥ {c['goal']}</td></tr>" for c in results[main]["checks"])
     desc = "".join(f"<tr><td>{esc(n)}</td><td>{v['verb_object']:.2f}</td><td>{v['location']:.2f}</td>"
                    f"<td>{esc(v.get('example', ''))}</td></tr>" for n, v in vllm.items())
