@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, then run the whole method end to end on the bundled
-# sample with tiny models (`lego demo`): extract -> curate -> tune-vllm -> enrich -> train ->
+# The main job on a fresh machine: install, then run the whole method end to end on a synthetic
+# kitchen with tiny models that learn it (`lego demo`): extract -> curate -> tune-vllm -> enrich -> train ->
 # generate -> evaluate. Artefacts under out/demo (or $1); a rerun skips finished stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
