@@ -211,7 +211,7 @@ class Demo:
         from lego_core.demo_report import write_learning_report
 
         c = self.cfg
-        cases = evidence.read_cases([enriched["test"]], _scenes(source["split"]), _verbs_for(source["split"]))
+        cases = evidence.read_cases([enriched["test"]], _scenes(source["split"]), _verbs_for())
         rows = {}
         for conditioning, t in trained.items():
             gen = _generator(t["model"], tuned["vllm"], c)
@@ -272,7 +272,7 @@ def _scenes(split_file: str) -> dict[str, list[str]]:
     return {vid: list(objs) for vid, objs in json.loads(Path(split_file).read_text())["scenes"].items()}
 
 
-def _verbs_for(split_file: str):
+def _verbs_for():
     """The verbs that make sense for a noun in the world (a door: open and close)."""
     from lego_core.kit.world import OBJECTS
 

@@ -228,11 +228,11 @@ def make_world(folder, cfg: WorldConfig = WorldConfig(), workers: int = 1) -> di
 
 
 def _write_json(path: Path, obj, lines: list | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    """JSON (or JSON lines) through the sample's atomic writer: temp name, then rename."""
+    from lego_core.data.synthetic import _write_atomic
+
     text = "".join(json.dumps(x) + "\n" for x in lines) if lines is not None else json.dumps(obj, indent=1)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    _write_atomic(path, lambda f: f.write(text))
 
 
 # -------------------------------------------------------------------------------------------------
