@@ -167,6 +167,33 @@ def test_import_checkpoint_matches_the_model_it_was_made_from(authors_ckpt, tmp_
     assert result.exit_code == 2 and "--overwrite" in _err_line(result)
 
 
+def test_imported_checkpoint_records_generate_defaults_in_lego_json(authors_ckpt, tmp_path):
+    """lego.json, as `lego train`'s export writes it: `lego generate` on the imported folder defaults
+    to the resolution and steps recorded there (the authors' 256 px / 100 steps unless told)."""
+    from lego_core.diffusion.generate import ActionFrameGenerator, Request
+
+    c = authors_ckpt
+    result = run_cli("import", "checkpoint", c["dir"] / "plain.ckpt", "--out", tmp_path / "m", "--base", c["base"])
+    assert result.exit_code == 0, result.output
+    assert "generate defaults (lego.json): 256 px, 100 steps" in result.stdout
+    info = json.loads((tmp_path / "m" / "lego.json").read_text())
+    assert (info["resolution"], info["validation_steps"], info["conditioning"]) == (256, 100, "description+joint")
+
+    result = run_cli("import", "checkpoint", c["dir"] / "plain.ckpt", "--out", tmp_path / "m64", "--base", c["base"],
+                     "--resolution", "64", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    generator = ActionFrameGenerator(str(tmp_path / "m64"), embeddings_given=True)
+    assert (generator.size, generator.steps) == (64, 2)
+    frame = Image.fromarray((np.random.RandomState(0).rand(40, 80, 3) * 255).astype("uint8"))
+    out = list(generator.run([Request(frame, "cut onion", image_embeds=np.zeros((16, VLLM_DIM), np.float32),
+                                      text_embeds=np.zeros((5, VLLM_DIM), np.float32))]))
+    assert min(out[0].images[0].size) == 64
+
+    bad = run_cli("import", "checkpoint", c["dir"] / "plain.ckpt", "--out", tmp_path / "bad", "--base", c["base"],
+                  "--resolution", "100")
+    assert bad.exit_code == 2 and "multiple of 8" in _err_line(bad)
+
+
 def test_import_checkpoint_bad_files_exit_2_with_one_line(authors_ckpt, tmp_path):
     c = authors_ckpt
     good = (c["dir"] / "plain.ckpt").read_bytes()

@@ -40,9 +40,14 @@ def command():
                    "[default: open_clip's bundled file, else the Hugging Face cache].")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               help="Weight precision to store.")
+@click.option("--resolution", type=click.IntRange(min=8), default=256,
+              help="The resolution the model was trained at (the authors': 256), recorded in the folder's "
+                   "lego.json as `lego generate`'s default --size.")
+@click.option("--steps", type=click.IntRange(min=1), default=100,
+              help="Sampling steps recorded as `lego generate`'s default --steps (the authors': 100).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def checkpoint(file, out, trust_pickle, no_ema, base, tokenizer, dtype, overwrite, as_json):
+def checkpoint(file, out, trust_pickle, no_ema, base, tokenizer, dtype, resolution, steps, overwrite, as_json):
     """Import a diffusion checkpoint of the authors' (CompVis names, PyTorch Lightning .ckpt).
 
     \b
@@ -61,7 +66,8 @@ def checkpoint(file, out, trust_pickle, no_ema, base, tokenizer, dtype, overwrit
     from lego_core.importers.checkpoint import import_checkpoint
 
     summary = import_checkpoint(file, out, trust_pickle=trust_pickle, ema=not no_ema, base=base,
-                                tokenizer=tokenizer, overwrite=overwrite, dtype=dtype)
+                                tokenizer=tokenizer, overwrite=overwrite, dtype=dtype, resolution=resolution,
+                                steps=steps)
     if as_json:
         click.echo(json.dumps(asdict(summary)))
     else:

@@ -18,7 +18,10 @@ What is written: a diffusers folder (`LegoPipeline.save_pretrained`) with
 - tokenizer, scheduler: SD-1.5's, shipped with lego as configs (`sd15/`); the CLIP BPE vocabulary
   is built from `bpe_simple_vocab_16e6.txt.gz` (shipped inside the open_clip_torch package) or read
   from a CLIP tokenizer in the Hugging Face cache, or given with `tokenizer=`;
-- import.json: what was imported, from where, and how.
+- import.json: what was imported, from where, and how;
+- lego.json: the resolution the model was trained at and the step count to sample with (the
+  authors': 256 px crops, 100 Euler-ancestral steps; `resolution=` / `steps=` for other files), the
+  same record `lego train`'s export writes, so `lego generate` defaults `--size` / `--steps` to them.
 
 The architecture (UNet/VAE/text encoder configs) is SD-1.5's unless `base` names a diffusers folder
 whose configs to use instead (how the tests import their tiny models).
@@ -47,6 +50,8 @@ CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_HUB_TOKENIZERS = (("openai/clip-vit-large-patch14", None), ("runwayml/stable-diffusion-v1-5", "tokenizer"),
                        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
                        ("timbrooks/instruct-pix2pix", "tokenizer"))
+# The authors' settings (configs/train_*.yaml: crop_res 256; configs/generate_*.yaml: steps 100).
+AUTHORS_RESOLUTION, AUTHORS_STEPS = 256, 100
 UNTRAINED_NOTE = ("the conditioner (projection_img, projection_txt, self_attn_mix) is imported as released: "
                   "in the authors' code these layers were never given to the optimizer, so they hold their "
                   "random initial values")
@@ -66,6 +71,8 @@ class CheckpointImport:
     vllm_dim: int | None
     tokenizer_from: str
     ignored_keys: int
+    resolution: int = AUTHORS_RESOLUTION     # recorded in lego.json: `lego generate`'s default --size
+    steps: int = AUTHORS_STEPS               # and its default --steps
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -74,6 +81,7 @@ class CheckpointImport:
                                                          if self.ema_in_file and self.unet_weights == "raw" else "")]
         out.append(f"  conditioner: {self.conditioner} (VLLM width {self.vllm_dim})" if self.conditioner
                    else "  conditioner: none in the file (description-only model)")
+        out.append(f"  generate defaults (lego.json): {self.resolution} px, {self.steps} steps")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
@@ -307,18 +315,23 @@ def _empty(build):
 def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_pickle: bool = False,
                       ema: bool = True, base: str | os.PathLike | None = None,
                       tokenizer: str | os.PathLike | None = None, overwrite: bool = False,
-                      dtype: str = "float32") -> CheckpointImport:
-    """Import a CompVis/LDM checkpoint into a LegoPipeline folder at `out` (see the module doc)."""
+                      dtype: str = "float32", resolution: int = AUTHORS_RESOLUTION,
+                      steps: int = AUTHORS_STEPS) -> CheckpointImport:
+    """Import a CompVis/LDM checkpoint into a LegoPipeline folder at `out` (see the module doc).
+    `resolution` / `steps`: what the model was trained at and is sampled with, recorded in lego.json."""
     import torch
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from lego_core.diffusion.build import quiet_loading, widen_conv_in
+    from lego_core.diffusion.build import quiet_loading, widen_conv_in, write_model_info
     from lego_core.diffusion.conditioner import LegoConditioner
     from lego_core.diffusion.pipeline import LegoPipeline
 
     if dtype not in ("float32", "float16", "bfloat16"):
         raise BadInput(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
+    if resolution < 8 or resolution % 8 or steps < 1:
+        raise BadInput(f"--resolution {resolution} / --steps {steps}: the resolution is a multiple of 8 "
+                       "(the VAE's factor) and the steps at least 1")
     torch_dtype = getattr(torch, dtype)
     out = Path(out)
     check_out(out, overwrite)
@@ -435,9 +448,13 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
             source=os.path.abspath(src), out=str(out), loaded_with=how, unet_weights="ema" if use_ema else "raw",
             ema_in_file=ema_in_file, in_channels_in_file=in_channels,
             conditioner=conditioner.config.conditioning if conditioner is not None else None, vllm_dim=vllm_dim,
-            tokenizer_from=tokenizer_from, ignored_keys=len(parts["other"]), notes=notes,
+            tokenizer_from=tokenizer_from, ignored_keys=len(parts["other"]), resolution=resolution, steps=steps,
+            notes=notes,
         )
         (tmp / "import.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        write_model_info(tmp, resolution=resolution, validation_steps=steps,
+                         conditioning=conditioner.config.conditioning if conditioner is not None else "description",
+                         imported_from=os.path.abspath(src))
         install(tmp, out)
     finally:
         if tmp.exists():
