@@ -5,7 +5,7 @@ import pytest
 from lego_core.data.annotations import (
     EGO4D, EPIC, Offsets, epic_frames_fps, parse_timestamp, read_annotations, read_boxes_jsonl,
 )
-from lego_core.data.labels import clean_narration, lemmatize_verb, verb_from_structured
+from lego_core.data.labels import authors_ego4d_action, clean_narration, lemmatize_verb, verb_from_structured
 from lego_core.errors import BadInput
 
 
@@ -101,6 +101,17 @@ def test_boxes_file_for_epic(data_dir, tmp_path):
 ])
 def test_clean_narration(text, verb, expected):
     assert clean_narration(text, verb) == expected
+
+
+@pytest.mark.parametrize("narration, expected", [
+    ("#C C cuts the onion", "cut the onion"),             # the article kept, as the authors asked
+    ("#C C Picks up a knife from the table", "pick up a knife from the table"),
+    ("#C C washes", "wash"),
+    ("#C C has a look at the pan", "have a look at the pan"),
+    ("#C C turn_ons the tap", "turn_on the tap"),         # WordNet knows the verb "turn_on" too
+])
+def test_authors_ego4d_action_is_their_question_wording(narration, expected):
+    assert authors_ego4d_action(narration) == expected
 
 
 def test_lemmas_and_structured_verbs():

@@ -308,3 +308,38 @@ def test_python_api(tmp_path, llava_dir, inputs):
                        max_new_tokens=3, greedy=True, batch_size=2)
     summary = enrich(cfg, progress=False, model=model, processor=processor)
     assert summary.written == 4 and summary.task == (0, 1)
+
+
+def test_imported_samples_are_asked_in_the_authors_wording(tmp_path, llava_dir, inputs, monkeypatch):
+    """A sample from `lego import dataset` is asked about "cut the onion" (the authors' Ego4D
+    wording, article kept), not about its label "cut onion"; a sample of our own about its label."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import lego_core.vllm.describe as describe
+
+    root = tmp_path / "LEGO_Data"
+    entry = {"image_0": "c/0_pre.jpg", "image_1": "c/0_pnr.jpg", "action": "#C C cuts the onion"}
+    for rel in (entry["image_0"], entry["image_1"]):
+        (root / "EgoGen" / "ego4d.fho" / "val" / rel).parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray((np.random.RandomState(0).rand(24, 32, 3) * 255).astype("uint8")).save(buf, "JPEG")
+        (root / "EgoGen" / "ego4d.fho" / "val" / rel).write_bytes(buf.getvalue())
+    (root / "ego4d_val.json").write_text(json.dumps({"c": {"0": entry}}))
+    imported = run_cli("-q", "import", "dataset", root, "--split", "val", "--out", tmp_path / "in" / "val-%06d.tar")
+    assert imported.exit_code == 0, imported.output
+
+    asked = []
+    real = describe.describe_and_embed
+
+    def spy(model, processor, images, labels, **kw):
+        asked.extend(kw["questions"])
+        return real(model, processor, images, labels, **kw)
+
+    monkeypatch.setattr(describe, "describe_and_embed", spy)
+    _enrich(llava_dir, tmp_path / "o" / "e-%06d.tar", *FAST, inputs=[*sorted((tmp_path / "in").glob("*.tar")), inputs[3]])
+    ours = [json.loads(s["meta.json"])["label"] for s in _samples([inputs[3]]).values()]
+    assert asked == [f"How does the person properly {action} that is displayed in the video frame?"
+                     for action in ["cut the onion", *ours]]

@@ -542,6 +542,7 @@ def test_import_dataset_in_the_authors_layout(tmp_path):
     s = samples["ego4d-clipA-0"]
     meta = json.loads(s["meta.json"])
     assert meta["label"] == "cut onion" and meta["narration"] == "#C C cuts the onion"
+    assert meta["question_action"] == "cut the onion"             # their VLLM question's wording
     assert meta["width"] == 48 and meta["height"] == 32
     assert s["input.jpg"] == written["clipA/0_pre.jpg"] and s["target.jpg"] == written["clipA/0_pnr.jpg"]
     assert s["enriched.txt"].decode() == "The right hand slices the onion with a knife."
@@ -550,6 +551,7 @@ def test_import_dataset_in_the_authors_layout(tmp_path):
     assert txt.shape == (3, 8) and txt.dtype == np.float16          # (n, layers, D): the last layer kept
     epic_meta = json.loads(samples["epic-kitchens-P01_11-P01_11_3"]["meta.json"])
     assert epic_meta["dataset"] == "epic-kitchens" and epic_meta["label"] == "open drawer"
+    assert epic_meta["question_action"] == "open drawer"
 
     again = run_cli("import", "dataset", root, "--split", "val", "--features", feats, "--out", out, "--json")
     assert json.loads(again.stdout)["already_done"] == 3 and json.loads(again.stdout)["written"] == 0

@@ -182,6 +182,8 @@ class Request:
     description: str | None = None
     image_embeds: object = None       # H_i, (M, D) array or tensor
     text_embeds: object = None        # H_t, (n, D)
+    question_action: str | None = None   # the action as the VLLM's question words it, when not `prompt`
+                                         # cleaned (an imported sample's authors' wording, "cut the onion")
 
 
 @dataclass
@@ -334,12 +336,15 @@ class ActionFrameGenerator:
             raise BadInput(f"{r.key or r.prompt}: the model uses VLLM embeddings ({self.conditioning}) and this "
                            "request has none: pass --vllm DIR (for shards: run `lego enrich` first)")
         from lego_core.vllm.describe import describe_and_embed
+        from lego_core.vllm.templates import inference_question
 
         self.vllm = self.vllm or self._load_vllm()
         o = self.options
-        outs = describe_and_embed(*self.vllm, [requests[i].image for i in todo], [requests[i].prompt for i in todo],
+        asked = [requests[i] for i in todo]
+        outs = describe_and_embed(*self.vllm, [r.image for r in asked], [r.prompt for r in asked],
                                   greedy=o.greedy, max_new_tokens=o.max_new_tokens, seed=o.seed,
-                                  batch_size=o.batch_size, question=o.question)
+                                  batch_size=o.batch_size, questions=[
+                                      inference_question(r.prompt, o.question, action=r.question_action) for r in asked])
         for i, out in zip(todo, outs):
             conditions[i] = (out.description, out.image_embeds, out.text_embeds, out.question)
         return conditions

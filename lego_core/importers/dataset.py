@@ -13,7 +13,8 @@ image features are (256, D) (projector output, patch tokens), text features (n, 
 of which the authors keep the last layer, as here); both stored float16. "val" is the test set of
 the paper. Each action becomes one sample: input.jpg / target.jpg (their JPEG bytes, untouched),
 meta.json (label = "action"; the Ego4D narration cleaned the way `lego extract` cleans it, the raw one
-kept as "narration"; frame times are not in their release, so t_input = t_target = 0), enriched.txt
+kept as "narration"; "question_action": the action as the authors' VLLM question words it, "cut the
+onion" for Ego4D (`labels.authors_ego4d_action`), EPIC-KITCHENS' as it is; frame times are not in their release, so t_input = t_target = 0), enriched.txt
 (`llava_forecast_finetune`), vllm_img.npy, vllm_txt.npy. Missing or unreadable files skip the action
 (rejects file beside the shards); rerunning resumes.
 """
@@ -110,6 +111,13 @@ def _label(name: str, action: str) -> tuple[str, str, str]:
     return label, (words[0] if words else ""), " ".join(words[1:])
 
 
+def _question_action(name: str, action: str) -> str:
+    """The action as the authors' inference script put it into the VLLM's question."""
+    from lego_core.data.labels import authors_ego4d_action
+
+    return authors_ego4d_action(action) if name == "ego4d" else str(action)
+
+
 def import_dataset(root: str | os.PathLike, split: str, out: str, *, which: str = "all",
                    features: str | os.PathLike | None = None, limit: int | None = None,
                    max_samples_per_shard: int = 1000, overwrite: bool = False,
@@ -192,6 +200,7 @@ def import_dataset(root: str | os.PathLike, split: str, out: str, *, which: str 
                     "image_1": entry["image_1"], "split": split}
             if name == "ego4d":
                 meta["narration"] = entry.get("action", "")
+            meta["question_action"] = _question_action(name, entry.get("action", ""))
             sample = {"__key__": key, INPUT: x, TARGET: y, META: meta}
             description = (entry.get("llava_forecast_finetune") or "").strip()
             if description:

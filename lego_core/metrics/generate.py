@@ -137,7 +137,8 @@ def sample_request(sample: dict, conditioning: str):
     def array(field):
         return np.load(io.BytesIO(sample[field])).astype(np.float32) if field in sample else None
 
+    meta = schema.decode_meta(sample[schema.META])
     return Request(image=Image.open(io.BytesIO(sample[schema.INPUT])).convert("RGB"),
-                   prompt=schema.decode_meta(sample[schema.META]).label, key=sample["__key__"],
+                   prompt=meta.label, key=sample["__key__"], question_action=meta.extra.get("question_action"),
                    description=description_of(sample, conditioning),
                    image_embeds=array(schema.VLLM_IMG), text_embeds=array(schema.VLLM_TXT))

@@ -302,16 +302,16 @@ class _Enricher:
         self.cfg, self.model, self.processor = cfg, model, processor
         self.summary, self.stats, self.bar = summary, stats, bar
 
-    def _describe(self, images, labels, seed):
+    def _describe(self, images, labels, questions, seed):
         from lego_core.vllm.describe import describe_and_embed
 
         c = self.cfg
         return describe_and_embed(self.model, self.processor, images, labels, greedy=c.greedy,
                                   temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=seed,
                                   batch_size=len(images), max_text_tokens=c.max_text_tokens or None,
-                                  aspect=c.aspect, question=c.question)
+                                  aspect=c.aspect, questions=questions)
 
-    def flush(self, batch: list[tuple[dict, object, str]], writer, seed: int) -> None:
+    def flush(self, batch: list[tuple[dict, object, str, str]], writer, seed: int) -> None:
         import numpy as np
 
         from lego_core.data.schema import ENRICHED, VLLM_IMG, VLLM_TXT
@@ -320,9 +320,10 @@ class _Enricher:
             return
         images = [b[1] for b in batch]
         labels = [b[2] for b in batch]
+        questions = [b[3] for b in batch]
         started = time.perf_counter()
         try:
-            outputs = self._describe(images, labels, seed)
+            outputs = self._describe(images, labels, questions, seed)
         except Exception as e:  # noqa: BLE001 - isolate the sample that breaks the batch
             self.summary.generate_seconds += time.perf_counter() - started
             if len(batch) == 1:
@@ -335,7 +336,7 @@ class _Enricher:
                 self.flush([item], writer, seed + k + 1)
             return
         self.summary.generate_seconds += time.perf_counter() - started
-        for (sample, _, _), o in zip(batch, outputs):
+        for (sample, *_), o in zip(batch, outputs):
             self.summary.tokens += len(o.token_ids)
             if not o.description.strip():
                 self._reject(sample, "empty description", None)
@@ -360,7 +361,7 @@ class _Enricher:
 
         from lego_core.data.schema import INPUT, decode_meta
         from lego_core.data.shards import ShardWriter, iter_samples
-        from lego_core.vllm.templates import action_text
+        from lego_core.vllm.templates import inference_question
 
         batch: list = []
         batch_no = 0
@@ -372,13 +373,14 @@ class _Enricher:
                 except Exception as e:  # noqa: BLE001
                     self._reject(sample, "input.jpg does not decode", f"{type(e).__name__}: {e}")
                     continue
-                label = decode_meta(sample["meta.json"]).label
-                try:
-                    action_text(label)
+                meta = decode_meta(sample["meta.json"])
+                try:   # an imported sample is asked about the action in the authors' wording
+                    question = inference_question(meta.label, self.cfg.question,
+                                                  action=meta.extra.get("question_action"))
                 except BadInput as e:
                     self._reject(sample, "unusable action label", str(e))
                     continue
-                batch.append((sample, image, label))
+                batch.append((sample, image, meta.label, question))
                 if len(batch) == self.cfg.batch_size:
                     self.flush(batch, writer, batch_seed(self.cfg.seed, index, batch_no))
                     batch, batch_no = [], batch_no + 1

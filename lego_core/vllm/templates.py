@@ -11,7 +11,9 @@ templates' wording is ours: the authors' were never released.
 
 The label goes in as `action_text(label)`: Ego4D narrations ("#C C cuts the onion") are cleaned by
 `lego_core.data.labels.clean_narration` (the same function extraction uses, so the cleaning lives in
-one place); other labels ("cut onion", "open fridge") are only trimmed.
+one place); other labels ("cut onion", "open fridge") are only trimmed. A sample imported from the
+authors' release (`lego import dataset`) carries `question_action` in its meta: the action exactly as
+their question worded it ("cut the onion"; EPIC-KITCHENS' narration as it is), which goes in verbatim.
 """
 
 from __future__ import annotations
@@ -79,9 +81,12 @@ def question_template(question: str | None) -> str:
     return template
 
 
-def inference_question(label: str, question: str | None = None) -> str:
+def inference_question(label: str, question: str | None = None, *, action: str | None = None) -> str:
     """The inference question for `label`: `INFERENCE_QUESTION` (the authors'), or the template
-    `question` (see `question_template`)."""
+    `question` (see `question_template`). `action`, when given, is put in verbatim instead of
+    `action_text(label)`: the authors' wording of an imported sample (its meta's `question_action`)."""
+    if action:
+        return question_template(question).format(action=action)
     return fill(question_template(question), label)
 
 
