@@ -227,42 +227,9 @@ def test_import_checkpoint_bad_files_exit_2_with_one_line(authors_ckpt, tmp_path
 def original_llava(tmp_path_factory):
     """A tiny LLaVA v1 in the original layout: Llama weights + model.mm_projector (one linear layer),
     the CLIP tower in its own folder named by config.json, a Llama tokenizer without <image>."""
-    from safetensors.torch import save_file
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        LlamaTokenizer,
-    )
+    from lego_core.kit.original_llava import make_tiny_original_llava
 
-    from lego_core.kit.tokenizers import _llama_vocab_merges
-
-    d = tmp_path_factory.mktemp("llava")
-    src, tower_dir = d / "llava-llama-2-13b-chat-forecasting-finetune", d / "clip-vit-large-patch14"
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2, projection_dim=32)).eval()
-    tower.save_pretrained(tower_dir)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tower_dir)
-    vocab, merges = _llama_vocab_merges(1000)
-    LlamaTokenizer(vocab=dict(vocab), merges=list(merges), add_bos_token=True).save_pretrained(src)
-    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    llm = LlamaForCausalLM(config).eval()
-    projector = torch.nn.Linear(32, 64)
-    state = dict(llm.state_dict())
-    state["model.mm_projector.weight"] = projector.weight.detach().clone()
-    state["model.mm_projector.bias"] = projector.bias.detach().clone()
-    save_file({k: v.contiguous() for k, v in state.items()}, src / "model.safetensors")
-    cfg = config.to_dict()
-    cfg.update(architectures=["LlavaLlamaForCausalLM"], model_type="llava", mm_vision_tower=str(tower_dir),
-               mm_hidden_size=32, mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-               mm_use_im_start_end=False, mm_use_im_patch_token=False, use_mm_proj=True)
-    (src / "config.json").write_text(json.dumps(cfg))
-    return dict(src=src, tower=tower, llm=llm, projector=projector)
+    return make_tiny_original_llava(tmp_path_factory.mktemp("llava"))
 
 
 def _reference_llava_v1(c, input_ids, pixel_values, image_token_id, max_new_tokens):
