@@ -98,10 +98,9 @@ def read_record(path: str | os.PathLike) -> dict:
 
 def write_record(path: str | os.PathLike, record: dict) -> None:
     """Atomically (temp name with the pid, then rename): two array tasks may write it at once."""
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from lego_core.atomic import write_atomic
+
+    write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def pin_settings(record_path: str | os.PathLike, content: dict, *, out: str, overwrite: bool, has_output: bool,

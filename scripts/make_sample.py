@@ -5,7 +5,7 @@ benchmark video with an EPIC-style CSV.
     python scripts/make_sample.py OUT_DIR [--seed 0]
     python scripts/make_sample.py --bench-video bench/P01_902.MP4 --minutes 2 --width 1920 --height 1080
 
-Every frame carries its own index (lego_core.data.synthetic.read_frame_index), so extraction can be
+Every frame carries its own index (lego_core.kit.synthetic.read_frame_index), so extraction can be
 checked frame-exactly. The benchmark CSV goes next to the video (same name, .csv) unless --bench-csv.
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from lego_core.data import synthetic as S  # noqa: E402
+from lego_core.kit import synthetic as S  # noqa: E402
+from lego_core.kit import synthetic_sample as SS  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,16 +38,16 @@ def main(argv=None) -> int:
         p.error("give exactly one of OUT_DIR or --bench-video")
     t = time.perf_counter()
     if a.out_dir:
-        out = S.make_sample(a.out_dir, seed=a.seed)
+        out = SS.make_sample(a.out_dir, seed=a.seed)
     else:
         vid = a.bench_video.stem
-        n = round(a.minutes * 60 * S.EPIC_FPS)
-        duration = float(n / S.EPIC_FPS)
-        rows = S.make_epic_actions(vid, duration, a.actions or max(50, round(duration / 2)), a.seed)
-        info = S.write_indexed_video(a.bench_video, n, fps=S.EPIC_FPS, width=a.width, height=a.height,
+        n = round(a.minutes * 60 * SS.EPIC_FPS)
+        duration = float(n / SS.EPIC_FPS)
+        rows = SS.make_epic_actions(vid, duration, a.actions or max(50, round(duration / 2)), a.seed)
+        info = S.write_indexed_video(a.bench_video, n, fps=SS.EPIC_FPS, width=a.width, height=a.height,
                                      gop_seconds=1.0, bframes=3, seed=a.seed,
-                                     hands=S.epic_hands(rows, S.EPIC_FPS, a.seed))
-        csv_path = S.write_epic_csv(a.bench_csv or a.bench_video.with_suffix(".csv"), rows)
+                                     hands=SS.epic_hands(rows, SS.EPIC_FPS, a.seed))
+        csv_path = SS.write_epic_csv(a.bench_csv or a.bench_video.with_suffix(".csv"), rows)
         out = {**info, "csv": str(csv_path), "n_actions": len(rows)}
     print(f"done in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     print(json.dumps(out, indent=1))

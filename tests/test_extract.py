@@ -16,9 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import LEGO, run_cli, run_lego
-from lego_core.data.synthetic import (
-    make_epic_actions, make_sample, read_frame_index, render_frame, write_epic_csv, write_indexed_video,
-)
+from lego_core.kit.synthetic import read_frame_index, render_frame, write_indexed_video
+from lego_core.kit.synthetic_sample import make_epic_actions, make_sample, write_epic_csv
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from lego_core.data.synthetic import read_frame_index, write_indexed_video
+from lego_core.kit.synthetic import read_frame_index, write_indexed_video
 from test_extract import read_shards
 
 NTSC = 60000 / 1001

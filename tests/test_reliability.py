@@ -210,7 +210,7 @@ def test_evaluate_reports_truncated_generated_shard_and_survives_odd_labels(tmp_
 
 
 def test_extract_rerun_with_another_size_is_refused_but_limit_may_change(tmp_path):
-    from lego_core.data.synthetic import make_sample
+    from lego_core.kit.synthetic_sample import make_sample
 
     s = make_sample(tmp_path / "src", epic_seconds=6.0, ego4d_seconds=4.0, width=192, height=108)
     root = Path(s["epic_csv"]).parent

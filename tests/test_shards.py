@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from lego_core.data import shards as SH
+from lego_core.data.shards.writer import _tar_size
 from lego_core.data.inspect import format_inspection, inspect_shards
 from lego_core.data.schema import decode_npy, make_key
 from lego_core.errors import BadInput
@@ -117,7 +118,7 @@ def test_writer_rolls_over_at_max_samples(tmp_path):
 
 
 def test_writer_rolls_over_at_max_size(tmp_path):
-    one = sum(SH._tar_size(len(SH.encode_value(k, v))) for k, v in sample(0, size=64).items() if k != "__key__")
+    one = sum(_tar_size(len(SH.encode_value(k, v))) for k, v in sample(0, size=64).items() if k != "__key__")
     with SH.ShardWriter(str(tmp_path / "s-%06d.tar"), max_size=int(2.5 * one)) as w:
         for i in range(5):
             w.write(sample(i, size=64))
@@ -375,3 +376,30 @@ def test_make_dataset_skips_bad_samples_and_shards(tmp_path):
     assert keys[:3] == [sample(i)["__key__"] for i in (1, 2, 3)] and len(keys) < 7
     assert stats.counts["meta.json: not valid JSON"] == 1
     assert stats.counts[SH.CORRUPT] >= 1
+
+
+def test_atomic_writer_leaves_nothing_on_failure_and_sweeps_dead_temps(tmp_path):
+    from lego_core.atomic import atomic_file, remove_stale_temps, write_atomic
+
+    final = tmp_path / "out" / "a.json"
+    with pytest.raises(RuntimeError):
+        with atomic_file(final) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    write_atomic(final, "done\r\n")
+    assert final.read_bytes() == b"done\r\n"                         # newlines as given
+    dead, live = tmp_path / "out" / ".a.json.tmp-999999999", tmp_path / "out" / f".b.json.tmp-{os.getpid()}"
+    dead.write_text("x"), live.write_text("x")
+    assert remove_stale_temps(tmp_path / "out") == [str(dead)]
+    assert live.exists()
+
+
+def test_shard_map_pairs_each_input_with_its_output(tmp_path):
+    inputs = [str(tmp_path / f"in-{i}.tar") for i in range(3)]
+    layout = SH.ShardMap(inputs, str(tmp_path / "out") + "/")
+    assert [os.path.basename(p) for p in layout.outputs] == [f"shard-{i:06d}.tar" for i in range(3)]
+    with pytest.raises(BadInput, match="names one file"):
+        SH.ShardMap(inputs, str(tmp_path / "one.tar"))
+    with pytest.raises(BadInput, match="overwrite an input shard"):
+        SH.ShardMap(inputs[:1], inputs[0])

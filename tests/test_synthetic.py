@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lego_core.data import synthetic as S
+from lego_core.kit import synthetic as S
+from lego_core.kit import synthetic_sample as SS
 
 
 def _pipeline_views(rgb: np.ndarray):
@@ -86,7 +87,7 @@ def test_frames_move_and_code_rejects_garbage():
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample")
-    return out, S.make_sample(out, epic_seconds=8, ego4d_seconds=10, width=320, height=180)
+    return out, SS.make_sample(out, epic_seconds=8, ego4d_seconds=10, width=320, height=180)
 
 
 def _video_duration(path) -> tuple[float, int]:
@@ -101,7 +102,7 @@ def test_sample_epic_annotations(sample):
     with open(paths["epic_csv"], newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames == S.EPIC_COLUMNS and len(S.EPIC_COLUMNS) == 15
+    assert reader.fieldnames == SS.EPIC_COLUMNS and len(SS.EPIC_COLUMNS) == 15
     with open(paths["epic_video_info"], newline="") as f:
         info = {r["video_id"]: r for r in csv.DictReader(f)}
     assert set(info) == {"P01_91", "P02_91"} and len(rows) == 16
@@ -109,7 +110,7 @@ def test_sample_epic_annotations(sample):
         dur, _ = _video_duration(out / f"epic-kitchens/videos/{r['participant_id']}/videos/{r['video_id']}.MP4")
         assert float(info[r["video_id"]]["duration"]) == pytest.approx(dur, abs=1e-3)
         assert info[r["video_id"]]["resolution"] == "320x180"
-        start, stop = S._seconds(r["start_timestamp"]), S._seconds(r["stop_timestamp"])
+        start, stop = SS._seconds(r["start_timestamp"]), SS._seconds(r["stop_timestamp"])
         assert len(r["start_timestamp"].split(".")[1]) == 2
         assert 0 <= start - 0.25 and start < stop and start + 0.6 * (stop - start) < dur
         assert int(r["start_frame"]) == int(start * 60 + 1e-6)
@@ -140,7 +141,7 @@ def test_sample_ego4d_annotations(sample):
                     seen_null += 1
                     continue
                 crit = a["critical_frames"]
-                assert list(crit) == S.CRITICAL
+                assert list(crit) == SS.CRITICAL
                 assert all(0 <= crit[k] < meta["num_frames"] for k in crit)
                 assert crit["pre_15"] < crit["contact_frame"] < crit["pnr_frame"] < crit["post_frame"]
                 assert {f["frame_type"]: f["frame_number"] for f in a["frames"]} == crit
@@ -153,7 +154,7 @@ def test_sample_ego4d_annotations(sample):
                         assert bb["x"] >= 0 and bb["y"] >= 0 and bb["width"] > 0 and bb["height"] > 0
                         assert bb["x"] + bb["width"] <= meta["width"] and bb["y"] + bb["height"] <= meta["height"]
                 # around the PNR the right hand is on the object of change
-                pnr = {b["object_type"]: b["bbox"] for b in a["frames"][S.CRITICAL.index("pnr_frame")]["boxes"]}
+                pnr = {b["object_type"]: b["bbox"] for b in a["frames"][SS.CRITICAL.index("pnr_frame")]["boxes"]}
                 h, o = pnr["right_hand"], pnr["object_of_change"]
                 assert h["x"] < o["x"] + o["width"] and o["x"] < h["x"] + h["width"]
                 assert h["y"] < o["y"] + o["height"] and o["y"] < h["y"] + h["height"]

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from lego_core.data.synthetic import read_frame_index, write_indexed_video
+from lego_core.kit.synthetic import read_frame_index, write_indexed_video
 from lego_core.data.video import FrameError, VideoReader, grab_frames, output_size
 
 NTSC = Fraction(60000, 1001)

@@ -14,7 +14,7 @@ the cache (it never pays twice; delete the cache file to ask again).
 
 from __future__ import annotations
 
-from lego_core.data.shards import skipped_lines
+from lego_core.data.shards import sidecar, skipped_lines
 
 import asyncio
 import json
@@ -121,12 +121,6 @@ class CurateSummary:
 
 
 # --- pieces -----------------------------------------------------------------------------------
-
-
-def sidecar(pattern: str, name: str) -> str:
-    from lego_core.data.extract import sidecar as _sidecar
-
-    return _sidecar(pattern, name)
 
 
 def check_config(cfg: CurateConfig) -> None:

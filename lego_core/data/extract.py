@@ -9,11 +9,9 @@ finished shard, so a killed job resumes without writing any pair twice.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import multiprocessing as mp
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -349,12 +347,12 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> ExtractSummary:
     pattern = shards.shard_pattern(cfg.out)
     out_dir = Path(pattern).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    pin_settings(sidecar(pattern, "extract.json"), content_settings(cfg), out=cfg.out, overwrite=cfg.overwrite,
+    pin_settings(shards.sidecar(pattern, "extract.json"), content_settings(cfg), out=cfg.out, overwrite=cfg.overwrite,
                  has_output=bool(shards.finished_shards(pattern)), extra=asdict(cfg))
     done, start_index = shards.prepare_output(pattern, overwrite=cfg.overwrite)
     todo = [a for a in actions if a.key not in done]
     summary = ExtractSummary(already_done=len(actions) - len(todo))
-    summary.rejects_file = cfg.rejects or sidecar(pattern, "rejects.jsonl")
+    summary.rejects_file = cfg.rejects or shards.sidecar(pattern, "rejects.jsonl")
 
     with open(summary.rejects_file, "w", encoding="utf-8") as rejects_out, \
             shards.ShardWriter(pattern, max_samples=cfg.max_samples_per_shard, max_size=cfg.max_shard_size,
@@ -382,13 +380,6 @@ def extract(cfg: ExtractConfig, *, progress: bool = True) -> ExtractSummary:
         log.warning("skipped %d pairs (%s); see %s", sum(summary.skipped.values()),
                     ", ".join(f"{r}: {n}" for r, n in summary.skipped.most_common()), summary.rejects_file)
     return summary
-
-
-def sidecar(pattern: str, name: str) -> str:
-    """A file beside the shards named after them: out/epic-%06d.tar -> out/epic.rejects.jsonl."""
-    folder, base = os.path.split(pattern)
-    stem = re.split(r"%|\{", base, maxsplit=1)[0].rstrip("-_.") or "shards"
-    return os.path.join(folder, f"{stem}.{name}")
 
 
 def content_settings(cfg: ExtractConfig) -> dict:

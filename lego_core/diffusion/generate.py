@@ -89,10 +89,10 @@ def output_paths(prompts: list[str], out: str | None, image_path: str | Path, nu
 
 def save_image(image: Image.Image, path: Path) -> None:
     """Write via a temporary name so a killed run never leaves a half-written image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")     # two runs writing one folder never collide
-    image.save(tmp, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
-    os.replace(tmp, path)
+    from lego_core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:          # the pid in the temp name: two runs writing one folder never collide
+        image.save(tmp, format=(path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG"))
 
 
 def read_batch_file(path: str | Path) -> list[dict]:

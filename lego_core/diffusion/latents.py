@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from datetime import timedelta
 from typing import Callable
 
@@ -76,91 +75,42 @@ def cache_manifest(urls: list[str], base: str, resolution: int) -> dict:
             "inputs": [_input_identity(u) for u in urls]}
 
 
-def cache_paths(out_pattern: str, n: int) -> list[str]:
-    """The cache shard of each of ``n`` input shards."""
-    from lego_core.data import shards as sh
+def _layout(urls: list[str], out_pattern: str):
+    """Cache shard i for input shard i (`ShardMap`)."""
+    from lego_core.data.shards import ShardMap
 
-    pattern = sh.shard_pattern(out_pattern)
-    if sh._placeholder(pattern) is None:
-        raise ValueError(f"latent cache pattern {out_pattern} needs a shard index placeholder (%06d)")
-    return [sh.format_shard(pattern, i) for i in range(n)]
+    return ShardMap(urls, out_pattern)
 
 
-def _manifest_path(out_pattern: str) -> str:
-    from lego_core.data import shards as sh
-
-    return os.path.join(os.path.dirname(sh.shard_pattern(out_pattern)) or ".", MANIFEST)
-
-
-def _read_manifest(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _wipe(out_pattern: str) -> list[str]:
-    """Delete the cache written with ``out_pattern``: finished shards, temps (of any process) and
-    the manifest. Only called while no other rank writes."""
-    from lego_core.data import shards as sh
-
-    pattern = sh.shard_pattern(out_pattern)
-    folder, rx = sh._shard_regex(pattern)
-    removed = list(sh.finished_shards(pattern))
-    if os.path.isdir(folder):
-        tmp_rx = re.compile(r"^\.(.+)\.tmp-(\d+)$")
-        for name in os.listdir(folder):
-            m = tmp_rx.match(name)
-            if m and rx.match(m.group(1)):
-                removed.append(os.path.join(folder, name))
-    manifest = _manifest_path(out_pattern)
-    if os.path.exists(manifest):
-        removed.append(manifest)
-    for p in removed:
-        os.remove(p)
-    return removed
+def _manifest_path(layout) -> str:
+    return os.path.join(layout.folder, MANIFEST)
 
 
 def prepare_cache(urls: list[str], base: str, out_pattern: str, *, resolution: int, overwrite: bool = False) -> list[str]:
     """Make the cache folder match this run (rank 0 only, before any rank writes): keep it when its
     manifest matches, else wipe it (with a warning) and write the new manifest. ``overwrite`` always
     wipes. Returns the cache shard paths for ``urls``."""
-    paths = cache_paths(out_pattern, len(urls))
+    from lego_core.data.shards import read_manifest, write_manifest
+
+    layout = _layout(urls, out_pattern)
     want = cache_manifest(urls, base, resolution)
-    path = _manifest_path(out_pattern)
-    have = _read_manifest(path)
+    path = _manifest_path(layout)
+    have = read_manifest(path)
     if overwrite:
-        if _wipe(out_pattern):
+        if layout.wipe(path):
             log.info("latent cache %s: cleared (--overwrite)", os.path.dirname(path))
     elif have != want:
         if have is None:
-            stale = "no manifest" if _wipe(out_pattern) else None
+            stale = "no manifest" if layout.wipe(path) else None
         else:
             stale = "changed: " + ", ".join(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
-            _wipe(out_pattern)
+            layout.wipe(path)
         if stale:
             log.warning("latent cache %s does not match this run (%s): rebuilding it", os.path.dirname(path), stale)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if have != want or overwrite:
-        _write_json(path, want)
-    return paths
-
-
-def _clean_temps(path: str) -> None:
-    """Remove temps a killed writer left for this one cache shard (only this rank writes it)."""
-    head, name = os.path.split(path)
-    for tmp in glob.glob(os.path.join(glob.escape(head or "."), glob.escape(f".{name}.tmp-") + "*")):
-        os.remove(tmp)
+        write_manifest(path, want)
+    return layout.outputs
 
 
 def rank_barrier(hours: float = 24.0) -> Callable[[], None]:
@@ -186,15 +136,15 @@ def cache_latents(shards: list[str], base: str, out_pattern: str, *, resolution:
     from lego_core.data import shards as sh
 
     urls = sh.expand_shards(shards)
+    layout = _layout(urls, out_pattern)
     if rank == 0:
-        paths = prepare_cache(urls, base, out_pattern, resolution=resolution, overwrite=overwrite)
-    else:
-        paths = cache_paths(out_pattern, len(urls))
+        prepare_cache(urls, base, out_pattern, resolution=resolution, overwrite=overwrite)
+    paths = layout.outputs
     if barrier is not None:
         barrier()                  # nobody writes before rank 0 has checked (and maybe wiped) the folder
     todo = [i for i in range(len(urls)) if i % world_size == rank and not os.path.exists(paths[i])]
     if todo:
-        _encode(urls, paths, todo, base, resolution=resolution, batch_size=batch_size, device=device, progress=progress)
+        _encode(urls, layout, todo, base, resolution=resolution, batch_size=batch_size, device=device, progress=progress)
     if barrier is not None:
         barrier()                  # every rank's share is written
     missing = [p for p in paths if not os.path.exists(p)]
@@ -204,7 +154,7 @@ def cache_latents(shards: list[str], base: str, out_pattern: str, *, resolution:
     return paths
 
 
-def _encode(urls, paths, todo, base, *, resolution, batch_size, device, progress) -> None:
+def _encode(urls, layout, todo, base, *, resolution, batch_size, device, progress) -> None:
     from diffusers import AutoencoderKL
     from tqdm import tqdm
 
@@ -217,8 +167,8 @@ def _encode(urls, paths, todo, base, *, resolution, batch_size, device, progress
     stats = sh.SkipStats()
     with tqdm(desc="cache latents", unit="sample", disable=not progress) as bar:
         for i in todo:
-            _clean_temps(paths[i])
-            with sh.ShardWriter(paths[i]) as writer:       # no placeholder: exactly this one file
+            layout.clean(i, any_pid=True)       # only this rank writes cache shard i
+            with sh.ShardWriter(layout.outputs[i]) as writer:       # no placeholder: exactly this one file
                 pending: list[dict] = []
 
                 def flush():
@@ -240,7 +190,7 @@ def _encode(urls, paths, todo, base, *, resolution, batch_size, device, progress
                 if pending:
                     flush()
             if not writer.total:
-                sh.write_empty_shard(paths[i])
+                sh.write_empty_shard(layout.outputs[i])
     if stats.total:
         log.warning("latent cache: skipped %s", stats.summary())
 

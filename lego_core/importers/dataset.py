@@ -127,7 +127,7 @@ def import_dataset(root: str | os.PathLike, split: str, out: str, *, which: str 
     from tqdm import tqdm
 
     from lego_core.data import shards as sh
-    from lego_core.data.extract import sidecar
+    from lego_core.data.shards import sidecar
     from lego_core.data.schema import ENRICHED, INPUT, META, TARGET, VLLM_IMG, VLLM_TXT, make_key, validate_sample
 
     if split not in ("train", "val"):

@@ -8,11 +8,11 @@ without a moment when ``--out`` is missing or half-deleted.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
+from lego_core.atomic import pid_alive, replace_folder, temp_name
 from lego_core.errors import BadInput
 
 MARK = "import.json"   # every importer writes it last into its temp folder
@@ -32,15 +32,13 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def temp_folder(out: Path) -> Path:
     """This process's temp folder for ``out`` (empty), after removing those of dead imports."""
-    from lego_core.data.shards import _pid_alive
-
     rx = re.compile("^" + re.escape(f".{out.name}.") + r"(?:tmp|old)-(\d+)$")
     if out.parent.is_dir():
         for p in out.parent.iterdir():
             m = rx.match(p.name)
-            if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            if m and p.is_dir() and not pid_alive(int(m.group(1))):
                 shutil.rmtree(p, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = Path(temp_name(out))
     if tmp.exists():
         shutil.rmtree(tmp)
     return tmp
@@ -49,8 +47,4 @@ def temp_folder(out: Path) -> Path:
 def install(tmp: Path, out: Path) -> None:
     """Put the finished ``tmp`` at ``out``: an earlier import is moved aside first (one rename),
     then removed, so a kill leaves either the old or the new model at ``out``, never a mix."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)

@@ -120,7 +120,7 @@ def label_of(verb: str, noun: str) -> str:
 
 
 def _write_clip(clip: Clip, path: Path, cfg: WorldConfig) -> dict:
-    from lego_core.data.synthetic import write_video
+    from lego_core.kit.synthetic import write_video
 
     n = int(clip.duration * clip.fps)
     cache: dict = {}
@@ -137,7 +137,7 @@ def _write_clip(clip: Clip, path: Path, cfg: WorldConfig) -> dict:
 
 
 def _epic_rows(clip: Clip) -> tuple[list[dict], list[dict]]:
-    from lego_core.data.synthetic import _hms
+    from lego_core.kit.synthetic_sample import _hms
 
     rows, boxes = [], []
     for k, (verb, noun, start, stop) in enumerate(clip.actions):
@@ -194,7 +194,7 @@ def make_world(folder, cfg: WorldConfig = WorldConfig(), workers: int = 1) -> di
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from lego_core.data.synthetic import write_epic_csv
+    from lego_core.kit.synthetic_sample import write_epic_csv
 
     out = Path(folder)
     clips = plan_world(cfg)
@@ -229,7 +229,7 @@ def make_world(folder, cfg: WorldConfig = WorldConfig(), workers: int = 1) -> di
 
 def _write_json(path: Path, obj, lines: list | None = None) -> None:
     """JSON (or JSON lines) through the sample's atomic writer: temp name, then rename."""
-    from lego_core.data.synthetic import _write_atomic
+    from lego_core.kit.synthetic_sample import _write_atomic
 
     text = "".join(json.dumps(x) + "\n" for x in lines) if lines is not None else json.dumps(obj, indent=1)
     _write_atomic(path, lambda f: f.write(text))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from lego_core.errors import BadInput
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 GENERATED_FIELDS = ("generated.png", "generated.jpg", "output.png", "output.jpg")
-_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/field split
 
 
 class Source:
@@ -111,7 +109,7 @@ class ShardSource(Source):
 
     def __init__(self, specs, image_field: str | None, role: str, max_member_mb: float | None = None):
         from lego_core.data.shards import (
-            MAX_MEMBER_MB, check_tar_end, expand_shards, iter_tar, tar_problem, too_big_reason,
+            MAX_MEMBER_MB, check_tar_end, expand_shards, is_remote, iter_tar, split_member, tar_problem, too_big_reason,
         )
 
         max_member_mb = max_member_mb or MAX_MEMBER_MB
@@ -123,7 +121,7 @@ class ShardSource(Source):
         self.too_big: list[str] = []       # "key: why" of members left unread for their size
         limit = max_member_mb * 1e6
         for url in self.urls:
-            if re.match(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)", url):
+            if is_remote(url):
                 try:
                     for s in iter_tar(url, max_member_mb=max_member_mb):
                         if too_big_reason(s, max_member_mb):
@@ -138,20 +136,20 @@ class ShardSource(Source):
                     for info in tar:
                         if not info.isreg():
                             continue
-                        m = _MEMBER.match(info.name)
-                        if not m or m.group(1).split("/")[-1].startswith("__"):
+                        parts = split_member(info.name)        # the key scanner's rule, webdataset's
+                        if parts is None:
                             continue
-                        name = m.group(2).lower()
+                        key, name = parts
                         if info.size > limit:
-                            self.too_big.append(f"{m.group(1)}: {name} is {info.size / 1e6:.0f} MB, over the "
+                            self.too_big.append(f"{key}: {name} is {info.size / 1e6:.0f} MB, over the "
                                                 f"{max_member_mb:g} MB member limit (raise --max-member-mb)")
                         elif compressed:
                             if name.endswith(".npy"):
                                 continue            # embeddings: never scored, and the bulk of a shard
                             data = tar.extractfile(info).read()
-                            self.loaded.setdefault(m.group(1), {})[name] = data
+                            self.loaded.setdefault(key, {})[name] = data
                         else:
-                            self.members.setdefault(m.group(1), {})[name] = _Member(url, info.offset_data, info.size)
+                            self.members.setdefault(key, {})[name] = _Member(url, info.offset_data, info.size)
                     check_tar_end(tar)
             except (tarfile.TarError, EOFError, OSError) as e:
                 self.broken.append(f"{url}: {tar_problem(e)}")

@@ -20,18 +20,12 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from lego_core.atomic import write_atomic
+
 from .pixel import CHANGE_THRESHOLD, MIN_CHANGED_FRACTION
 
 if TYPE_CHECKING:
     from .runner import EvalResult, SetResult
-
-
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def fmt(v, digits: int = 4) -> str:
@@ -182,7 +176,7 @@ def write_outputs(result: "EvalResult", out: str) -> dict[str, str]:
         for name, text in (("metrics.json", json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n"),
                            ("samples.csv", samples_csv(s)), ("report.html", set_html(s))):
             path = os.path.join(folder, name)
-            _atomic_write(path, text)
+            write_atomic(path, text)
             written[f"{s.name}/{name}" if several else name] = path
     if several:
         header, rows = result.table()
@@ -192,6 +186,6 @@ def write_outputs(result: "EvalResult", out: str) -> dict[str, str]:
                            ("table.csv", table_csv(result)), ("table.md", table_text(result, markdown=True)),
                            ("report.html", comparison_html(result))):
             path = os.path.join(out, name)
-            _atomic_write(path, text)
+            write_atomic(path, text)
             written[name] = path
     return written

@@ -29,12 +29,12 @@ import io
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from lego_core.data.shards import SkipStats, skipped_lines, write_empty_shard
+from lego_core.atomic import write_atomic
+from lego_core.data.shards import ShardMap, SkipStats, skipped_lines, write_empty_shard
 from lego_core.errors import BadInput
 
 log = logging.getLogger("lego.enrich")
@@ -163,32 +163,11 @@ def my_part(n_inputs: int, shard_index: int, num_shards: int) -> list[int]:
 # Output bookkeeping
 
 
-def _temp_rx(final: str) -> re.Pattern:
-    return re.compile("^" + re.escape("." + os.path.basename(final) + ".tmp-") + r"(\d+)$")
-
-
-def clean_temps(final: str) -> list[str]:
-    """Remove the temp files of `final` left by killed writers on this machine (only this shard's,
-    so tasks of an array that share a folder never touch each other's work)."""
-    from lego_core.data.shards import _pid_alive
-
-    folder = os.path.dirname(final) or "."
-    if not os.path.isdir(folder):
-        return []
-    rx, removed = _temp_rx(final), []
-    for name in os.listdir(folder):
-        m = rx.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            os.remove(os.path.join(folder, name))
-            removed.append(name)
-    return removed
-
-
 def count_samples(url: str) -> int | None:
     """Samples in a local shard from its tar headers (None for remote URLs or unreadable shards)."""
-    from lego_core.data.shards import _REMOTE, read_keys
+    from lego_core.data.shards import is_remote, read_keys
 
-    if _REMOTE.match(url):
+    if is_remote(url):
         return None
     try:
         return len(read_keys([url]))
@@ -196,17 +175,10 @@ def count_samples(url: str) -> int | None:
         return None
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _prune_rejects(path: str, redo_urls: set[str], truncate: bool) -> None:
     """Keep the reject lines of shards that stay finished; drop those of shards about to be redone."""
     if truncate or not os.path.exists(path):
-        _atomic_write(path, "")
+        write_atomic(path, "")
         return
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
@@ -218,7 +190,7 @@ def _prune_rejects(path: str, redo_urls: set[str], truncate: bool) -> None:
         except ValueError:
             continue
         keep.append(line if line.endswith("\n") else line + "\n")
-    _atomic_write(path, "".join(keep))
+    write_atomic(path, "".join(keep))
 
 
 def _check_manifest(path: str, inputs: list[str], outputs: list[str], overwrite: bool) -> None:
@@ -416,7 +388,6 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
     from tqdm import tqdm
 
     from lego_core.data import shards
-    from lego_core.data.extract import sidecar
     from lego_core.provenance import pin_settings
     from lego_core.vllm.load import embedding_shape, load_config, load_vllm
 
@@ -424,14 +395,8 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
     started = time.perf_counter()
     index, count = resolve_task(cfg.num_shards, cfg.shard_index)
     inputs = shards.expand_shards(cfg.shards)
-    pattern = shards.shard_pattern(cfg.out)
-    if shards._placeholder(pattern) is None and len(inputs) > 1:
-        raise BadInput(f"--out {cfg.out} names one file but {len(inputs)} input shards were given: "
-                       "use a pattern with %06d (one output shard per input shard)")
-    outputs = [shards.format_shard(pattern, j) for j in range(len(inputs))]
-    clash = {os.path.abspath(p) for p in inputs} & {os.path.abspath(p) for p in outputs}
-    if clash:
-        raise BadInput(f"--out would overwrite an input shard ({sorted(clash)[0]}): write to another folder or pattern")
+    layout = ShardMap(inputs, cfg.out)
+    pattern, outputs = layout.pattern, layout.outputs
     if model is None:
         vllm_config = load_config(cfg.vllm)
     else:
@@ -442,8 +407,8 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
     summary.bytes_per_sample, summary.storage = storage_estimate(m, d, cfg.max_text_tokens, cfg.max_new_tokens)
 
     os.makedirs(os.path.dirname(pattern) or ".", exist_ok=True)
-    manifest = sidecar(pattern, "enrich.json")
-    listed = [u if shards._REMOTE.match(u) else os.path.abspath(u) for u in inputs]
+    manifest = layout.sidecar("enrich.json")
+    listed = layout.listed_inputs()
     _check_manifest(manifest, listed, outputs, cfg.overwrite)
     record = {k: v for k, v in asdict(cfg).items() if k not in ("num_shards", "shard_index", "shards", "overwrite")}
     pin_settings(manifest, content_settings(cfg), out=cfg.out, overwrite=cfg.overwrite,
@@ -451,8 +416,8 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
 
     todo: list[int] = []
     for j in my_part(len(inputs), index, count):
-        clean_temps(outputs[j])
-        if os.path.exists(outputs[j]):
+        layout.clean(j)
+        if layout.done(j):
             if cfg.overwrite:
                 os.remove(outputs[j])
             else:
@@ -464,8 +429,7 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
         log.warning("task %d of %d has no input shard (%d shards for %d tasks): nothing to do",
                     index, count, len(inputs), count)
 
-    summary.rejects_file = cfg.rejects or sidecar(
-        pattern, "rejects.jsonl" if count == 1 else f"rejects-{index}-of-{count}.jsonl")
+    summary.rejects_file = cfg.rejects or layout.sidecar( "rejects.jsonl" if count == 1 else f"rejects-{index}-of-{count}.jsonl")
     _prune_rejects(summary.rejects_file, {inputs[j] for j in todo}, cfg.overwrite)
     stats = SkipStats(rejects=summary.rejects_file)  # replaced by a bar-moving one when there is work
 

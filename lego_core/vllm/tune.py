@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import tarfile
 import time
@@ -241,23 +240,18 @@ def curated_counts(urls: list[str]) -> tuple[int, int, str | None]:
     """(samples, samples with curated.txt, the first shard lacking it) from the tar headers of
     local shards (no decoding). Remote shards are not counted."""
     from lego_core.data.schema import CURATED
-    from lego_core.data.shards import _BASE_PLUS_EXT, _REMOTE, _SKIP_META
+    from lego_core.data.shards import is_remote, iter_members, tar_problem
 
     total = curated = 0
     lacking = None
     for url in urls:
-        if _REMOTE.match(url):
+        if is_remote(url):
             continue
         keys: dict[str, bool] = {}
         try:
-            with tarfile.open(url, mode="r:*") as tar:
-                for info in tar:
-                    m = _BASE_PLUS_EXT.match(info.name)
-                    if info.isreg() and m and not _SKIP_META.match(info.name):
-                        keys[m.group(1)] = keys.get(m.group(1), False) or m.group(2).lower() == CURATED
+            for key, field, _ in iter_members(url):
+                keys[key] = keys.get(key, False) or field == CURATED
         except (tarfile.TarError, EOFError, OSError) as e:
-            from lego_core.data.shards import tar_problem
-
             raise BadInput(f"cannot read shard {url}: {tar_problem(e)}; re-create it, or leave it out of the inputs") from None
         total += len(keys)
         curated += sum(keys.values())
@@ -533,7 +527,7 @@ def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, de
 
 def export(engine, processor, folder: Path, rank: int, zero3: bool, record: TuneConfig | None = None) -> Path:
     """The trained weights as a transformers LLaVA folder (safetensors) with the processor, written
-    to FOLDER.partial and renamed. Under ZeRO-3 the partitions are gathered (layer by layer, to
+    to a temp folder beside it and renamed. Under ZeRO-3 the partitions are gathered (layer by layer, to
     rank 0's CPU) first; a collective call."""
     import shutil
 
@@ -548,15 +542,17 @@ def export(engine, processor, folder: Path, rank: int, zero3: bool, record: Tune
         model.config.use_cache = True
         if hasattr(model.config, "text_config"):
             model.config.text_config.use_cache = True
-        tmp = folder.with_name(folder.name + ".partial")
+        from lego_core.atomic import remove_stale_temps, replace_folder, temp_name
+
+        remove_stale_temps(folder.parent, lambda name: name == folder.name)   # a killed export's
+        tmp = Path(temp_name(folder))
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict={k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
                               safe_serialization=True)
         processor.save_pretrained(tmp)
         if record is not None:
             (tmp / "lego-tune.json").write_text(json.dumps(asdict(record), indent=1, default=str))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     if dist.is_initialized():
         dist.barrier()
     return folder

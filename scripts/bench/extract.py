@@ -23,7 +23,8 @@ from PIL import Image
 
 from lego_core.data.annotations import read_annotations
 from lego_core.data.extract import ExtractConfig, available_cores, extract
-from lego_core.data.synthetic import make_epic_actions, read_frame_index, write_epic_csv, write_indexed_video
+from lego_core.kit.synthetic import read_frame_index, write_indexed_video
+from lego_core.kit.synthetic_sample import make_epic_actions, write_epic_csv
 from lego_core.data.video import resize_image
 
 FPS = 60000 / 1001
