@@ -352,3 +352,26 @@ def test_llava_weights_follow_the_seed(tmp_path):
     c = _tensors(make_tiny_llava(tmp_path / "c", seed=6) / "model.safetensors")
     assert _same(a, b)
     assert _all_differ(a, c)
+
+
+def test_real_size_presets_have_the_papers_shapes():
+    """SD15_SIZES and LLAVA_REAL_WIDTH build the released models' parameter counts (built on the meta
+    device: shapes only, no memory), so real-size runs measure the real architectures."""
+    import torch
+
+    from lego_core.kit import LLAVA_REAL_WIDTH, SD15_SIZES, tiny_llava
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):
+        sd = tiny_sd_components(in_channels=8, **SD15_SIZES)
+        llava, _ = tiny_llava(**LLAVA_REAL_WIDTH)
+    assert count(sd["unet"]) == 859_532_484           # SD-1.5's 859,520,964 + conv_in's 4 new channels
+    assert count(sd["vae"]) == 83_653_863
+    assert count(sd["text_encoder"]) == 123_060_480   # CLIP ViT-L/14's text tower
+    assert sd["text_encoder"].config.num_attention_heads == 12
+    text = llava.config.text_config
+    assert (text.hidden_size, text.num_attention_heads, text.intermediate_size) == (5120, 40, 13824)
+    assert count(llava.model.vision_tower) == 303_179_776   # CLIP ViT-L/14 vision tower
+    assert llava.config.image_seq_length == 256

@@ -59,13 +59,18 @@ def tiny_llava(
     vocab_size: int = 1000,
     seed: int = 0,
     position_codes: bool = False,
+    vision_heads: int | None = None,
+    vision_intermediate: int | None = None,
+    text_heads: int | None = None,
+    text_intermediate: int | None = None,
 ):
     """The in-memory `(model, processor)` pair that `make_tiny_llava` saves.
 
     `position_codes`: give the vision tower's patch positions clear 2-D Fourier codes (unit scale)
     instead of random ones at CLIP's init scale (0.02), so its features say *where* a patch is, as a
     pretrained CLIP's do. A random tower hides that under the patch content; the demo's VLLM must
-    read where an object is from the frame."""
+    read where an object is from the frame.
+    Heads default to width / 16 and FFN widths to 4 x width; `LLAVA_REAL_WIDTH` names the real ones."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -100,19 +105,19 @@ def tiny_llava(
         image_size=image_size,
         patch_size=patch_size,
         hidden_size=vision_hidden,
-        intermediate_size=4 * vision_hidden,
+        intermediate_size=vision_intermediate or 4 * vision_hidden,
         num_hidden_layers=vision_layers,
-        num_attention_heads=max(1, vision_hidden // 16),
+        num_attention_heads=vision_heads or max(1, vision_hidden // 16),
         projection_dim=vision_hidden,
         hidden_act="quick_gelu",
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=text_hidden,
-        intermediate_size=4 * text_hidden,
+        intermediate_size=text_intermediate or 4 * text_hidden,
         num_hidden_layers=text_layers,
-        num_attention_heads=max(1, text_hidden // 16),
-        num_key_value_heads=max(1, text_hidden // 16),
+        num_attention_heads=text_heads or max(1, text_hidden // 16),
+        num_key_value_heads=text_heads or max(1, text_hidden // 16),
         max_position_embeddings=max(512, 4 * n_patches),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -167,18 +172,36 @@ def make_tiny_llava(
     vocab_size: int = 1000,
     seed: int = 0,
     position_codes: bool = False,
+    **sizes,
 ) -> Path:
     """Write a tiny random LLaVA-1.5-layout folder (model + processor, safetensors); return its path.
 
     `vocab_size` is the tokenizer's base vocabulary; `<pad>` and `<image>` come on top
     (`len(processor.tokenizer) == vocab_size + 2` == the model's `text_config.vocab_size`).
+    `**sizes`: heads and FFN widths (see `tiny_llava`).
     """
     folder = Path(folder)
     model, processor = tiny_llava(
         image_size=image_size, patch_size=patch_size, vision_hidden=vision_hidden,
         vision_layers=vision_layers, text_hidden=text_hidden, text_layers=text_layers,
-        vocab_size=vocab_size, seed=seed, position_codes=position_codes,
+        vocab_size=vocab_size, seed=seed, position_codes=position_codes, **sizes,
     )
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     return folder
+
+
+# The paper's VLLM at its real widths, only 2 decoder layers deep: CLIP ViT-L/14 at 224 px (24 layers x
+# 1024, 16 heads, FFN 4096; M = 256 image tokens) and Llama-2-13B's widths (hidden 5120, 40 heads,
+# FFN 13824). H_i and H_t come out 256 x 5120 and n x 5120, as from the real model. The vocabulary
+# stays the kit tokenizer's (1002 tokens, not Llama's 32000): a random model must not generate ids
+# the tokenizer cannot decode.
+LLAVA_REAL_WIDTH = dict(image_size=224, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
+                        vision_intermediate=4096, text_hidden=5120, text_layers=2, text_heads=40,
+                        text_intermediate=13824)
+
+
+def make_llava_real_width(folder: str | Path, *, text_layers: int = 2, seed: int = 0) -> Path:
+    """A LLaVA folder at the paper's widths with `text_layers` decoder layers, random weights
+    (~1.0 B parameters, 4 GB in float32 for 2 layers)."""
+    return make_tiny_llava(folder, seed=seed, **{**LLAVA_REAL_WIDTH, "text_layers": text_layers})

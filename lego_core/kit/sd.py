@@ -56,6 +56,9 @@ def tiny_sd_components(
     text_layers: int = 2,
     tokenizer_vocab_size: int = 1000,
     scheduler: str = "pndm",
+    vae_layers_per_block: int = 1,
+    text_heads: int | None = None,
+    text_vocab_size: int | None = None,
 ) -> dict:
     """The in-memory components (`unet`, `vae`, `text_encoder`, `tokenizer`, `scheduler`).
 
@@ -100,7 +103,7 @@ def tiny_sd_components(
         down_block_types=("DownEncoderBlock2D",) * nv,
         up_block_types=("UpDecoderBlock2D",) * nv,
         block_out_channels=tuple(vae_block_out_channels),
-        layers_per_block=1,
+        layers_per_block=vae_layers_per_block,
         latent_channels=4,
         norm_num_groups=_groups(vae_block_out_channels),
         sample_size=sample_size * vae_scale_factor(vae_block_out_channels),
@@ -109,11 +112,11 @@ def tiny_sd_components(
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=max(len(tokenizer), text_vocab_size or 0),
             hidden_size=cross_attention_dim,
             intermediate_size=4 * cross_attention_dim,
             num_hidden_layers=text_layers,
-            num_attention_heads=max(1, cross_attention_dim // 16),
+            num_attention_heads=text_heads or max(1, cross_attention_dim // 16),
             max_position_embeddings=77,
             hidden_act="quick_gelu",
             projection_dim=cross_attention_dim,
@@ -149,13 +152,15 @@ def make_tiny_sd(
     text_layers: int = 2,
     tokenizer_vocab_size: int = 1000,
     scheduler: str = "pndm",
+    **sizes,
 ) -> Path:
     """Write a tiny random SD-1.5-layout pipeline folder and return its path.
 
     Loadable by `StableDiffusionPipeline.from_pretrained(folder)` and component by component. With
     `in_channels=8` the UNet takes InstructPix2Pix's concatenated input, but `model_index.json`
     still names `StableDiffusionPipeline`: use `make_tiny_instruct_pix2pix` for that layout.
-    Keywords: see `tiny_sd_components`.
+    Keywords (and `**sizes`: `vae_layers_per_block`, `text_heads`, `text_vocab_size`): see
+    `tiny_sd_components`.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -166,7 +171,7 @@ def make_tiny_sd(
             in_channels=in_channels, cross_attention_dim=cross_attention_dim, sample_size=sample_size,
             seed=seed, unet_block_out_channels=unet_block_out_channels, layers_per_block=layers_per_block,
             attention_heads=attention_heads, vae_block_out_channels=vae_block_out_channels,
-            text_layers=text_layers, tokenizer_vocab_size=tokenizer_vocab_size, scheduler=scheduler,
+            text_layers=text_layers, tokenizer_vocab_size=tokenizer_vocab_size, scheduler=scheduler, **sizes,
         ),
     )
 
@@ -184,6 +189,7 @@ def make_tiny_instruct_pix2pix(
     text_layers: int = 2,
     tokenizer_vocab_size: int = 1000,
     scheduler: str = "euler_a",
+    **sizes,
 ) -> Path:
     """Write a tiny random InstructPix2Pix-layout folder (UNet `in_channels=8`, Euler-ancestral
     scheduler as timbrooks/instruct-pix2pix ships) loadable by
@@ -198,9 +204,26 @@ def make_tiny_instruct_pix2pix(
             in_channels=8, cross_attention_dim=cross_attention_dim, sample_size=sample_size, seed=seed,
             unet_block_out_channels=unet_block_out_channels, layers_per_block=layers_per_block,
             attention_heads=attention_heads, vae_block_out_channels=vae_block_out_channels,
-            text_layers=text_layers, tokenizer_vocab_size=tokenizer_vocab_size, scheduler=scheduler,
+            text_layers=text_layers, tokenizer_vocab_size=tokenizer_vocab_size, scheduler=scheduler, **sizes,
         ),
     )
+
+
+# SD-1.5's real sizes (stable-diffusion-v1-5's unet/vae/text_encoder configs): UNet 860 M parameters
+# (320, 640, 1280, 1280) x 2 layers, 8 heads, cross-attention 768; VAE 84 M (128, 256, 512, 512) x 2
+# layers; CLIP ViT-L/14 text encoder 123 M (12 layers x 768, 12 heads, 49408 tokens).
+SD15_SIZES = dict(unet_block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+                  attention_heads=8, vae_block_out_channels=(128, 256, 512, 512), vae_layers_per_block=2,
+                  text_layers=12, text_heads=12, text_vocab_size=49408, sample_size=64)
+
+
+def make_sd15_random(folder: str | Path, *, instruct_pix2pix: bool = False, seed: int = 0) -> Path:
+    """SD-1.5 at its real size with random weights (no download): every architecture and shape as
+    the released model's, only the tokenizer is the kit's small one. `instruct_pix2pix=True` writes
+    the InstructPix2Pix layout (8-channel UNet input, Euler-ancestral). About 4.3 GB in float32;
+    building it takes ~5 GB of memory and a minute or two on 2 cores."""
+    make = make_tiny_instruct_pix2pix if instruct_pix2pix else make_tiny_sd
+    return make(folder, seed=seed, **SD15_SIZES)
 
 
 def _save(pipeline_cls, folder: str | Path, components: dict) -> Path:
