@@ -4,11 +4,13 @@ The benchmark model is SD-1.5's layout narrowed so its VAE:UNet cost ratio stays
 encode ≈ 1.5× a UNet forward): UNet (64, 128, 256, 256) × 2 layers, cross-attention 256; VAE
 (32, 64, 64, 64). 256×256, 20 steps, one run, runs interleaved, median of --repeats.
 
-Batching: 16 requests (one frame, 16 actions) through `ActionFrameGenerator` at `--batch-size 8`
-vs one at a time, the same outputs (max pixel difference printed); on a CUDA GPU the same again
-there, and the peak CUDA memory without and with `--offload model|sequential`.
+Batching: 16 requests (one frame, 16 actions; `--requests`) through `ActionFrameGenerator` at
+`--batch-size 8` vs one at a time, the same outputs (max pixel difference printed); on a CUDA GPU the
+same again there, and the peak CUDA memory without and with `--offload model|sequential`.
+`--parts unet`: the bound on what batching can gain, the UNet forward alone at the batch of one
+request (its 3 guidance branches) vs of `--batch-size` requests (3 × batch), per image.
 
-    .venv/bin/python scripts/bench/generate.py [--steps 20] [--repeats 3] [--parts pipeline,batching,cli]
+    .venv/bin/python scripts/bench/generate.py [--steps 20] [--repeats 3] [--parts pipeline,batching,unet,cli]
 """
 
 from __future__ import annotations
@@ -50,13 +52,14 @@ ACTIONS = ["cut onion", "open fridge", "wash plate", "take knife", "put pan", "s
            "take spoon", "rinse pan"]
 
 
-def bench_batching(folder: Path, frame, steps: int, repeats: int, device: str, batch_size: int = 8) -> dict:
-    """16 requests at `batch_size` vs one at a time, one generator (the model loaded once)."""
+def bench_batching(folder: Path, frame, steps: int, repeats: int, device: str, batch_size: int = 8,
+                   n_requests: int = 16) -> dict:
+    """`n_requests` at `batch_size` vs one at a time, one generator (the model loaded once)."""
     from lego_core.diffusion.generate import ActionFrameGenerator, GenerateOptions, Request
 
     gen = ActionFrameGenerator(str(folder), options=GenerateOptions(steps=steps, size=256, device=device,
                                                                     progress=False))
-    requests = [Request(frame, action) for action in ACTIONS]
+    requests = [Request(frame, ACTIONS[i % len(ACTIONS)]) for i in range(n_requests)]
 
     def run(size):
         gen.options.batch_size = size
@@ -74,6 +77,24 @@ def bench_batching(folder: Path, frame, steps: int, repeats: int, device: str, b
     return {"device": device, "requests": len(requests), "batch_size": batch_size, "batched_s": round(batched, 2),
             "one_at_a_time_s": round(single, 2), "speedup": round(single / batched, 2),
             "max_pixel_diff": int(max(np.abs(a - b).max() for a, b in zip(outs[batch_size], outs[1])))}
+
+
+@torch.no_grad()
+def bench_unet(folder: Path, repeats: int, batch_size: int = 8) -> dict:
+    """The UNet forward alone, per image: 3 rows (one request's guidance branches) vs 3 × batch_size."""
+    from lego_core.diffusion.build import load_pipeline
+
+    pipe = load_pipeline(folder)
+    unet, latent = pipe.unet.eval(), 256 // pipe.vae_scale_factor    # the benchmark's 256 px, as latents
+    per_image = {}
+    for rows in (3, 3 * batch_size):
+        x = torch.randn(rows, unet.config.in_channels, latent, latent)
+        ctx = torch.randn(rows, 77, unet.config.cross_attention_dim)
+        unet(x, 500, encoder_hidden_states=ctx)                          # warm-up
+        per_image[rows] = timed(lambda: unet(x, 500, encoder_hidden_states=ctx), repeats) / (rows // 3)
+    small, big = per_image[3], per_image[3 * batch_size]
+    return {"rows": [3, 3 * batch_size], "s_per_image": [round(small, 4), round(big, 4)],
+            "speedup_per_image": round(small / big, 2)}
 
 
 def bench_offload_memory(folder: Path, frame, steps: int) -> dict:
@@ -99,7 +120,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--vllm-dim", type=int, default=5120)
     ap.add_argument("--image-tokens", type=int, default=256)
-    ap.add_argument("--parts", default="pipeline,batching,cli", help="which measurements to run")
+    ap.add_argument("--requests", type=int, default=16, help="requests in the batching benchmark")
+    ap.add_argument("--batch-size", type=int, default=8, help="requests per UNet batch in the batching benchmark")
+    ap.add_argument("--parts", default="pipeline,batching,cli", help="which measurements to run "
+                                                                     "(pipeline, batching, unet, cli)")
     args = ap.parse_args()
     todo = set(args.parts.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="lego-bench-"))
@@ -110,10 +134,14 @@ def main() -> None:
     if "pipeline" in todo:
         report.update(bench_pipelines(folder, frame, args))
     if "batching" in todo:
-        report["batching"] = [bench_batching(tmp / "lego", frame, args.steps, args.repeats, "cpu")]
+        report["batching"] = [bench_batching(tmp / "lego", frame, args.steps, args.repeats, "cpu", args.batch_size,
+                                             args.requests)]
         if torch.cuda.is_available():
-            report["batching"].append(bench_batching(tmp / "lego", frame, args.steps, args.repeats, "cuda"))
+            report["batching"].append(bench_batching(tmp / "lego", frame, args.steps, args.repeats, "cuda",
+                                                     args.batch_size, args.requests))
             report["peak_cuda_mib_by_offload"] = bench_offload_memory(tmp / "lego", frame, args.steps)
+    if "unet" in todo:
+        report["unet_forward"] = bench_unet(tmp / "lego", args.repeats, args.batch_size)
     if "cli" in todo:
         # End to end: `lego --help`, and `lego generate` on a saved model (a fresh process each).
         frame.save(tmp / "frame.jpg")
