@@ -269,6 +269,7 @@ def test_dry_run_sends_nothing_and_writes_nothing(tmp_path, llm, env):
     assert llm.total == 0 and not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, env):
     pattern, metas = make_shards(tmp_path / "in", 40)
     out = tmp_path / "out"

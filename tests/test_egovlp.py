@@ -32,7 +32,7 @@ MANIFEST = os.path.join(REPO, "tests", "data", "egovlp_official_keys.json")
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    from lego_core.kit.metrics import make_tiny_distilbert_tokenizer, make_tiny_egovlp
+    from lego_core.kit.metric_models import make_tiny_distilbert_tokenizer, make_tiny_egovlp
 
     d = tmp_path_factory.mktemp("egovlp")
     return {
@@ -121,7 +121,7 @@ def _naive_forward(model, video):
 
 @pytest.mark.parametrize("frames", [4, 3])
 def test_video_forward_matches_naive_restatement(frames):
-    from lego_core.kit.metrics import tiny_egovlp
+    from lego_core.kit.metric_models import tiny_egovlp
 
     model = tiny_egovlp(frames=4)  # 2 heads, 2 blocks, 4 patches per frame
     video = torch.randn(2, frames, 3, 32, 32)
@@ -134,7 +134,7 @@ def test_video_forward_matches_naive_restatement(frames):
 
 
 def test_official_layout_loads_strictly_and_gives_the_saved_models_embeddings(ckpts):
-    from lego_core.kit.metrics import tiny_egovlp
+    from lego_core.kit.metric_models import tiny_egovlp
     from lego_core.metrics.egovlp import load_egovlp, read_checkpoint
 
     raw = read_checkpoint(ckpts["official"])  # weights-only: the ConfigParser is an inert placeholder
@@ -289,7 +289,7 @@ def test_blip_score_with_egovlp_text_encoder(ckpts, tmp_path):
     each text tokenized on its own (their loop), cosine ×100."""
     from transformers import AutoTokenizer
 
-    from lego_core.kit.metrics import make_tiny_blip
+    from lego_core.kit.metric_models import make_tiny_blip
     from lego_core.metrics.blip_score import BlipScore
     from lego_core.metrics.common import Shared
 

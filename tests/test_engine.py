@@ -347,6 +347,7 @@ def uneven(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_each_at_its_own_data_position(base, uneven, tmp_path):
     """Stopped at step 3 (rank 0 at epoch 0 batch 3 of 9, rank 1 at epoch 1 batch 1 of 2) and
     resumed, each rank trains on exactly the samples an uninterrupted run does."""

@@ -162,6 +162,7 @@ def test_rerun_skips_finished_shards_and_overwrite_redoes_them(tmp_path, llava_d
     assert r.exit_code == 2 and "different list of input shards" in r.output
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_shard_that_looks_finished(tmp_path, llava_dir, inputs):
     from lego_core.vllm.enrich import count_samples
 

@@ -26,7 +26,7 @@ def env(tmp_path_factory):
     import torchvision
 
     from lego_core.data.shards import iter_samples
-    from lego_core.kit.metrics import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
+    from lego_core.kit.metric_models import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
 
     d = tmp_path_factory.mktemp("evaluate")
     torch.manual_seed(0)

@@ -245,6 +245,7 @@ def test_released_frames_at_start_and_stop_are_the_csvs_frames(tmp_path):
         assert frame_index(s["target.jpg"]) == meta["frame_target"] == int(row["stop_frame"])
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_writes_every_pair_exactly_once(tmp_path):
     rows = make_epic_actions("P01_91", 40.0, 40, seed=2)
     write_epic_csv(tmp_path / "a.csv", rows)

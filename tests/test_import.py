@@ -249,7 +249,7 @@ def _reference_llava_v1(c, input_ids, pixel_values, image_token_id, max_new_toke
 
 
 def test_import_vllm_generates_what_the_original_does(original_llava, tmp_path):
-    from lego_core.importers.llava import LlavaLinearProjectorForConditionalGeneration
+    from lego_core.vllm.linear_llava import LlavaLinearProjectorForConditionalGeneration
     from lego_core.vllm.describe import describe_and_embed
     from lego_core.vllm.load import load_vllm
     from lego_core.vllm.prompting import build_prompt

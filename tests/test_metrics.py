@@ -1,5 +1,5 @@
 """Each metric against an independent computation, the offline weight loading and its error
-messages, image decoding and key matching. Tiny random models come from `lego_core.kit.metrics`
+messages, image decoding and key matching. Tiny random models come from `lego_core.kit.metric_models`
 and are loaded back through `from_pretrained`, as real ones are."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def models(tmp_path_factory):
     import torch
     import torchvision
 
-    from lego_core.kit.metrics import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
+    from lego_core.kit.metric_models import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
 
     d = tmp_path_factory.mktemp("metric-models")
     torch.manual_seed(0)
@@ -305,7 +305,7 @@ def test_fid_inception_weights_file_and_missing_message(tmp_path, monkeypatch):
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from lego_core.kit.metrics import make_random_inception_weights
+    from lego_core.kit.metric_models import make_random_inception_weights
     from lego_core.metrics.fid import FID, INCEPTION_FILE
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))

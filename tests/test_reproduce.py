@@ -59,7 +59,7 @@ def _metric_weights(folder: Path) -> dict:
     """The authors' metric files by their names (random weights), and small CLIP / BLIP / FID models."""
     import torchvision
 
-    from lego_core.kit.metrics import (
+    from lego_core.kit.metric_models import (
         make_tiny_blip, make_tiny_clip, make_tiny_distilbert_tokenizer, make_tiny_egovlp, make_tiny_fid_features,
     )
 

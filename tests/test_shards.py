@@ -183,6 +183,7 @@ def test_exception_inside_writer_leaves_only_complete_shards(tmp_path):
     assert [tar_count(p) for p in w.shards] == [2, 2]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_incomplete_final_shard(tmp_path):
     pattern = str(tmp_path / "s-%06d.tar")
     child = textwrap.dedent(

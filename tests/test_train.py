@@ -304,6 +304,7 @@ def test_shards_missing_what_the_conditioning_needs_exit_2(base, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_zero2_see_disjoint_samples(base, enriched, tmp_path):
     run = tmp_path / "run"
     from lego_core.engine.launch import free_port
@@ -320,6 +321,7 @@ def test_torchrun_two_ranks_zero2_see_disjoint_samples(base, enriched, tmp_path)
     assert (run / "model" / "model_index.json").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_at_the_last_checkpoint(base, enriched, tmp_path):
     run = tmp_path / "run"
     args = [LEGO, "-q", "train", str(enriched), "--base", str(base), "--out", str(run), "--max-steps", "40",
@@ -350,6 +352,7 @@ def _cache_counts(paths):
     return [len(list(iter_samples([str(p)]))) for p in paths]
 
 
+@pytest.mark.slow
 def test_latent_cache_mirrors_input_shards_and_trains_on_two_ranks(base, enriched, tmp_path):
     """One cache shard per input shard (same samples), so 4 shards still split across 2 ranks;
     the ranks share the encoding and train on disjoint samples."""

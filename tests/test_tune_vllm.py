@@ -56,7 +56,7 @@ def test_labels_cover_only_the_answer_and_truncation_keeps_the_prompt(llava):
     from PIL import Image
     from transformers import AutoProcessor
 
-    from lego_core.vllm.tune import IGNORE, SkipSample, answer_mask_kind, collate_examples, encode_example
+    from lego_core.vllm.tune_data import IGNORE, SkipSample, answer_mask_kind, collate_examples, encode_example
 
     processor = AutoProcessor.from_pretrained(llava)
     tok = processor.tokenizer
@@ -117,7 +117,7 @@ def test_labels_end_with_eos_when_the_template_has_none(llava, kind, template):
     from PIL import Image
     from transformers import AutoProcessor
 
-    from lego_core.vllm.tune import IGNORE, answer_mask_kind, encode_example
+    from lego_core.vllm.tune_data import IGNORE, answer_mask_kind, encode_example
 
     processor = AutoProcessor.from_pretrained(llava)
     tok = processor.tokenizer
@@ -224,7 +224,7 @@ def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_p
 def linear_llava(tmp_path_factory) -> Path:
     """A tiny folder as `lego import vllm` writes for LLaVA v1: "projector_type": "linear", the
     single-linear projector's weights (seeded, not the 2-layer MLP's)."""
-    from lego_core.importers.llava import LlavaLinearProjectorForConditionalGeneration
+    from lego_core.vllm.linear_llava import LlavaLinearProjectorForConditionalGeneration
     from lego_core.kit.llava import tiny_llava
 
     model, processor = tiny_llava()
@@ -242,7 +242,7 @@ def _projector(model) -> dict:
 
 
 def test_linear_projector_import_tunes_with_its_own_projector(linear_llava, curated, tmp_path):
-    from lego_core.importers.llava import LinearProjector, LlavaLinearProjectorForConditionalGeneration
+    from lego_core.vllm.linear_llava import LinearProjector, LlavaLinearProjectorForConditionalGeneration
     from lego_core.vllm.load import load_vllm
     from lego_core.vllm.tune import load_base
 
@@ -265,6 +265,7 @@ def test_linear_projector_import_tunes_with_its_own_projector(linear_llava, cura
     assert after.keys() == want.keys() and all(torch.equal(after[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", ["2", "3"])
 def test_torchrun_two_ranks(llava, curated, tmp_path, zero):
     from lego_core.engine.launch import free_port
@@ -280,6 +281,7 @@ def test_torchrun_two_ranks(llava, curated, tmp_path, zero):
     assert [e["world_size"] for e in events(run) if e.get("event") == "start"] == [2]
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_and_the_output_loads_in_enrich(llava, curated, tmp_path):
     run = tmp_path / "run"
     args = ["-q", "tune-vllm", str(curated), "--vllm", str(llava), "--out", str(run), "--max-steps", "60",

@@ -13,9 +13,9 @@ conversation format the model was tuned with), loadable with `lego_core.vllm.loa
 
 The projector. LLaVA v1 projects with ONE linear layer; transformers' LLaVA has a two-layer MLP
 (linear, GELU, linear), which cannot represent one linear layer exactly. So a linear projector is
-kept as it is, in `LlavaLinearProjectorForConditionalGeneration`: transformers' class with the
-projector swapped for `LinearProjector`, marked by `"projector_type": "linear"` in config.json,
-which `load_vllm` reads to pick the class. ("mlp2x_gelu" projectors are transformers' own MLP.)
+kept as it is, in `LlavaLinearProjectorForConditionalGeneration` (`lego_core.vllm.linear_llava`):
+transformers' class with the projector swapped for `LinearProjector`, marked by
+`"projector_type": "linear"` in config.json, which `load_vllm` reads to pick the class. ("mlp2x_gelu" projectors are transformers' own MLP.)
 
 The added `<image>` token: its input embedding is never used (image features replace it); its
 output row in `lm_head` is zero and it is listed in `generation_config.suppress_tokens`, so the
@@ -45,11 +45,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
-from transformers import LlavaForConditionalGeneration
 
 from lego_core.errors import BadInput
 from lego_core.importers.output import check_out, install, temp_folder
+from lego_core.vllm.load import llava_model_class
 
 log = logging.getLogger("lego.import")
 
@@ -96,34 +95,6 @@ _LLAMA_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
                "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
                "rope_theta", "rope_scaling", "attention_bias", "bos_token_id", "eos_token_id", "pad_token_id",
                "pretraining_tp", "mlp_bias", "head_dim")
-
-
-class LinearProjector(nn.Module):
-    """LLaVA v1's projector: one linear layer from the vision width to the LLM width."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size,
-                                bias=getattr(config, "multimodal_projector_bias", True))
-
-    def forward(self, image_features):
-        return self.linear(image_features)
-
-
-class LlavaLinearProjectorForConditionalGeneration(LlavaForConditionalGeneration):
-    """transformers' LLaVA with LLaVA v1's single-linear projector (`"projector_type": "linear"`)."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.model.multi_modal_projector = LinearProjector(config)
-        self.post_init()
-
-
-def model_class_for(config) -> type:
-    """The class that loads a LLaVA config exactly: ours for `projector_type == "linear"`."""
-    if getattr(config, "projector_type", None) == "linear":
-        return LlavaLinearProjectorForConditionalGeneration
-    return LlavaForConditionalGeneration
 
 
 @dataclass
@@ -332,7 +303,7 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
         image_seq_length=n_patches + (strategy == "full"), projector_hidden_act="gelu",
         tie_word_embeddings=False, **({"projector_type": "linear"} if projector == "linear" else {}),
     )
-    cls = model_class_for(config)
+    cls = llava_model_class(config)
     with init_empty_weights():
         model = cls(config)
 

@@ -111,7 +111,7 @@ def llava_model_class(config):
     """transformers' LlavaForConditionalGeneration, or lego's exact single-linear-projector variant for
     folders `lego import vllm` made from LLaVA v1 models (config.json: "projector_type": "linear")."""
     if getattr(config, "projector_type", None) == "linear":
-        from lego_core.importers.llava import LlavaLinearProjectorForConditionalGeneration
+        from lego_core.vllm.linear_llava import LlavaLinearProjectorForConditionalGeneration
 
         return LlavaLinearProjectorForConditionalGeneration
     from transformers import LlavaForConditionalGeneration

@@ -94,7 +94,7 @@ def main() -> None:
 
     import torch
 
-    from lego_core.kit.metrics import make_tiny_egovlp
+    from lego_core.kit.metric_models import make_tiny_egovlp
     from lego_core.device import pick_device
     from lego_core.metrics.common import Shared
     from lego_core.metrics.egovlp_score import EgoVLPPlusScore, EgoVLPScore, shared_egovlp

@@ -132,7 +132,7 @@ def main() -> None:
     import torchvision
     from transformers.utils import logging as hf_logging
 
-    from lego_core.kit.metrics import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
+    from lego_core.kit.metric_models import make_tiny_blip, make_tiny_clip, make_tiny_fid_features
 
     hf_logging.disable_progress_bar()
     if args.threads:
