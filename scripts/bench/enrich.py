@@ -9,6 +9,13 @@ ratio, and checks the outputs are the same: descriptions and token ids equal, H_
 float16 rounding.
 
     .venv/bin/python scripts/bench/enrich.py [--samples 32] [--max-new-tokens 64] [--device auto] [--json]
+    .venv/bin/python scripts/bench/enrich.py --split [--threads 1] [--repeats 3]
+
+`--split` shows what bounds the ratio: `describe_and_embed` at batch 16 and 1, each with 1 new token
+(the prefill: vision tower + LLM over ~300 prompt tokens) and with --max-new-tokens, interleaved,
+timed in process CPU seconds (on a shared machine wall time mostly measures the neighbours; with
+one thread CPU time is the work done). Prints prefill ms per sample, decode ms per token per sample,
+the speedup, and its ceiling if decoding were free: batch 1's total over batch 16's prefill.
 """
 
 from __future__ import annotations
@@ -71,6 +78,44 @@ def compare(a: Path, b: Path) -> dict:
             "max_abs_diff_h_i": diff_img, "max_abs_diff_h_t": diff_txt}
 
 
+def split(model, processor, n: int, tokens: int, batch_size: int, repeats: int) -> dict:
+    """Prefill vs decode cost per sample at `batch_size` and 1, in process CPU seconds (medians)."""
+    import io
+    import os
+    import statistics
+
+    from PIL import Image
+
+    from lego_core.data.schema import decode_meta
+    from lego_core.data.shards import iter_samples
+    from lego_core.vllm.describe import describe_and_embed
+
+    base = list(iter_samples(str(REPO / "shards")))
+    images = [Image.open(io.BytesIO(base[i % len(base)]["input.jpg"])).convert("RGB") for i in range(n)]
+    labels = [decode_meta(base[i % len(base)]["meta.json"]).label for i in range(n)]
+
+    def cpu_seconds(bs, new_tokens):
+        t = time.process_time()
+        describe_and_embed(model, processor, images, labels, greedy=True, max_new_tokens=new_tokens, batch_size=bs)
+        return time.process_time() - t
+
+    cpu_seconds(batch_size, 2)                                        # warm-up
+    runs = {(bs, k): [] for bs in (batch_size, 1) for k in (1, tokens)}
+    for _ in range(repeats):                                          # interleaved
+        for key in runs:
+            runs[key].append(cpu_seconds(*key))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    out = {"threads": __import__("torch").get_num_threads(), "load_average": [round(x, 1) for x in os.getloadavg()]}
+    for bs in (batch_size, 1):
+        out[f"batch_{bs}"] = {"prefill_ms_per_sample": round(1000 * med[(bs, 1)] / n, 1),
+                              "decode_ms_per_token_per_sample": round(1000 * (med[(bs, tokens)] - med[(bs, 1)])
+                                                                      / n / (tokens - 1), 2),
+                              "cpu_s": round(med[(bs, tokens)], 2)}
+    out["speedup"] = round(med[(1, tokens)] / med[(batch_size, tokens)], 2)
+    out["ceiling_if_decode_were_free"] = round(med[(1, tokens)] / med[(batch_size, 1)], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=32)
@@ -79,9 +124,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workdir", help="keep the files here (default: a temp folder, removed)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--split", action="store_true", help="prefill vs decode in CPU seconds (see above)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=3, help="--split: interleaved repeats, median")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from lego_core.kit import make_tiny_llava
     from lego_core.vllm.load import embedding_shape, load_vllm
@@ -93,6 +144,19 @@ def main() -> None:
                                  text_hidden=512, text_layers=4, seed=0)
         model, processor = load_vllm(folder, device=args.device)
         build = time.perf_counter() - t
+        if args.split:
+            res = split(model, processor, args.samples, args.max_new_tokens, args.batch_size, args.repeats)
+            if args.json:
+                print(json.dumps(res, indent=2))
+                return
+            for bs in (args.batch_size, 1):
+                r = res[f"batch_{bs}"]
+                print(f"batch {bs:>2}: prefill {r['prefill_ms_per_sample']} ms/sample, decode "
+                      f"{r['decode_ms_per_token_per_sample']} ms/token/sample, {r['cpu_s']} CPU s")
+            print(f"speedup {res['speedup']}x (CPU time); ceiling if decoding were free "
+                  f"{res['ceiling_if_decode_were_free']}x; {res['threads']} thread(s), load average "
+                  f"{res['load_average']}")
+            return
         inputs = make_inputs(work / "in", args.samples)
         m, d = embedding_shape(model)
         params = sum(p.numel() for p in model.parameters())
