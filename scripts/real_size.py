@@ -1,5 +1,6 @@
 """The paper's model sizes through the real `lego` CLI on CPU, random weights (no download): one table
-of stage, seconds, peak RSS. Driven by scripts/real_size.sh; not for CI (minutes per stage, up to
+of stage, seconds (wall and CPU: on a shared machine the CPU seconds are the work done), seconds
+per optimizer step, peak RSS. Driven by scripts/real_size.sh; not for CI (minutes per stage, up to
 ~20 GB of memory).
 
 Models (lego_core.kit's presets, built once into WORK and reused):
@@ -92,8 +93,9 @@ def run_stage(name: str, cmd: list[str], log: Path) -> dict:
     seconds = time.perf_counter() - t
     text = log.read_text(errors="replace")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"stage": name, "rc": rc, "seconds": round(seconds, 1), "peak_rss_gb": round(int(m.group(1)) / 2**20, 2)
-            if m else None, "log": str(log)}
+    cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", text)]
+    return {"stage": name, "rc": rc, "seconds": round(seconds, 1), "cpu_s": round(sum(cpu), 1) if cpu else None,
+            "peak_rss_gb": round(int(m.group(1)) / 2**20, 2) if m else None, "log": str(log)}
 
 
 def step_seconds(run: Path) -> float | None:
@@ -184,10 +186,11 @@ def main() -> None:
             notes.append(storage_check(work, log))
         rows.append(row)
         print(f"{stage}: exit {row['rc']}, {row['seconds']} s, peak RSS {row['peak_rss_gb']} GB", file=sys.stderr)
-    print(f"{'stage':<13} {'exit':>4} {'seconds':>8} {'s/step':>7} {'peak RSS GB':>11}")
+    print(f"{'stage':<15} {'exit':>4} {'seconds':>8} {'CPU s':>7} {'s/step':>7} {'peak RSS GB':>11}")
     for r in rows:
         sps = r.get("s_per_step")
-        print(f"{r['stage']:<13} {r['rc']:>4} {r['seconds']:>8} {sps if sps is not None else '':>7} "
+        sps = "" if sps is None else sps
+        print(f"{r['stage']:<15} {r['rc']:>4} {r['seconds']:>8} {r['cpu_s'] or '?':>7} {sps:>7} "
               f"{r['peak_rss_gb'] if r['peak_rss_gb'] is not None else '?':>11}")
     for note in [env_note, *notes]:
         print(f"- {note}")

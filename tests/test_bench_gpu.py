@@ -21,9 +21,11 @@ def _env(**extra) -> dict:
 
 
 def test_gpu_sh_tiny_runs_every_part_and_prints_one_table(tmp_path):
+    """In bf16, as on the GPU: the CUDA run differs from this one only in sizes and device."""
     report = tmp_path / "report.json"
     r = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--tiny", "--python", sys.executable, "--",
-                        "--repeats", "1", "--json", str(report), "--workdir", str(tmp_path / "models")],
+                        "--dtype", "bf16", "--repeats", "1", "--json", str(report),
+                        "--workdir", str(tmp_path / "models")],
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [line.split(" | ")[0].strip() for line in r.stdout.splitlines() if " | " in line]
@@ -34,6 +36,7 @@ def test_gpu_sh_tiny_runs_every_part_and_prints_one_table(tmp_path):
     assert train["mfu"] is None                                           # no peak known for a CPU
     assert gen["steps"] == 2 and gen["ip2p_s"] > 0 and gen["lego_joint_s"] > 0
     assert enrich["batched"]["tokens"] > 0 and enrich["single"]["tokens"] == enrich["batched"]["tokens"]
+    assert train["unet_dtype"] == gen["unet_dtype"] == enrich["dtype"] == "bfloat16"
 
 
 def test_gpu_sh_without_wheels_says_what_to_run(tmp_path):

@@ -34,8 +34,8 @@ from pathlib import Path
 # Per size: model presets and workload (latent: 32 = 256 px). sd15 is the issue's; tiny only has to
 # exercise every line.
 SIZES = {
-    "sd15": dict(sd="SD15_SIZES", llava="LLAVA_REAL_WIDTH", latent=32, micro_batch=32, train_steps=10, generate_steps=100,
-                 enrich_samples=16, enrich_tokens=64, enrich_batch=16),
+    "sd15": dict(sd="SD15_SIZES", llava="LLAVA_REAL_WIDTH", latent=32, micro_batch=32, train_steps=10,
+                 generate_steps=100, enrich_samples=16, enrich_tokens=64, enrich_batch=16),
     "tiny": dict(sd=None, llava=None, latent=8, micro_batch=2, train_steps=2, generate_steps=2, enrich_samples=2,
                  enrich_tokens=3, enrich_batch=2),
 }
@@ -72,6 +72,17 @@ def sync(device: str) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def release(device: str) -> None:
+    """Give the memory of the part just measured (its locals are gone) back before the next one."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def peak_tflops(device: str, given: float | None) -> float | None:
@@ -136,10 +147,10 @@ def bench_train(folder: Path, device: str, precision: str, spec: dict, vllm_widt
     out = {"micro_batch": b, "latent": latent, "s_per_step": round(seconds, 4), "samples_per_s": round(b / seconds, 2),
            "tflop_per_step": round(flops / 1e12, 3), "achieved_tflops": round(achieved / 1e12, 2),
            "peak_tflops": peak, "mfu": round(achieved / (peak * 1e12), 3) if peak else None,
-           "unet_parameters": sum(p.numel() for p in pipe.unet.parameters())}
+           "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+           "unet_dtype": str(next(engine.module.unet.parameters()).dtype).replace("torch.", "")}
     if device.startswith("cuda"):
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-    del engine, step, pipe, denoiser
     return out
 
 
@@ -186,9 +197,10 @@ def bench_generate(folder: Path, device: str, dtype_name: str, spec: dict, vllm_
             fn()
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"steps": spec["generate_steps"], "size": size, "ip2p_s": round(med["ip2p"], 3), "lego_s": round(med["lego"], 3),
-           "lego_joint_s": round(med["lego_joint"], 3), "lego_over_ip2p": round(med["lego"] / med["ip2p"], 3)}
-    del ref, plain, joint
+    out = {"steps": spec["generate_steps"], "size": size, "ip2p_s": round(med["ip2p"], 3),
+           "lego_s": round(med["lego"], 3), "lego_joint_s": round(med["lego_joint"], 3),
+           "lego_over_ip2p": round(med["lego"] / med["ip2p"], 3),
+           "unet_dtype": str(ref.unet.dtype).replace("torch.", "")}
     return out
 
 
@@ -220,9 +232,10 @@ def bench_enrich(folder: Path, device: str, dtype_name: str, spec: dict) -> dict
         res[bs] = {"tokens": generated, "seconds": round(seconds, 3), "tokens_per_s": round(generated / seconds, 1)}
     m, d = embedding_shape(model)
     big, one = res[spec["enrich_batch"]], res[1]
-    del model
-    return {"image_tokens": m, "width": d, "samples": n, "max_new_tokens": tokens, "batch": spec["enrich_batch"],
-            "batched": big, "single": one, "speedup": round(one["seconds"] / big["seconds"], 2)}
+    dtype = str(model.dtype).replace("torch.", "")
+    return {"dtype": dtype, "image_tokens": m, "width": d, "samples": n, "max_new_tokens": tokens,
+            "batch": spec["enrich_batch"], "batched": big, "single": one,
+            "speedup": round(one["seconds"] / big["seconds"], 2)}
 
 
 def table(report: dict) -> str:
@@ -284,8 +297,10 @@ def main() -> None:
                                           peak_tflops(args.device, args.peak_tflops))
         finally:
             shutdown()
+        release(args.device)
     if "generate" in parts:
         report["generate"] = bench_generate(ip2p, args.device, args.dtype, spec, width, image_tokens, args.repeats)
+        release(args.device)
     if "enrich" in parts:
         report["enrich"] = bench_enrich(vllm, args.device, args.dtype, spec)
     report["total_s"] = round(time.perf_counter() - started, 1)

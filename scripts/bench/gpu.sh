@@ -13,7 +13,7 @@
 # --python: the interpreter whose torch to use (default: python3); the venv (.venv-gpu) sees its
 # packages (--system-site-packages) and gets the wheels on top, offline (--no-index).
 # --no-install: run with --python as it is (its packages already there). --tiny: the tiny models on
-# the CPU in fp32 (what the test suite runs, so this script cannot rot); implies --no-install
+# the CPU in bf16 (what the test suite runs, so this script cannot rot); implies --no-install
 # unless --wheels is given.
 set -euo pipefail
 
@@ -52,7 +52,7 @@ fi
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd "$REPO"
 if [ "$TINY" = 1 ]; then
-  DS_ACCELERATOR=cpu exec "$PY" scripts/bench/gpu.py --size tiny --device cpu --dtype fp32 "$@"
+  DS_ACCELERATOR=cpu exec "$PY" scripts/bench/gpu.py --size tiny --device cpu --dtype bf16 "$@"
 fi
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu.sh: torch sees no CUDA GPU here (--tiny runs on the CPU)")'
 exec "$PY" scripts/bench/gpu.py --size sd15 --device cuda --dtype bf16 "$@"
