@@ -9,15 +9,15 @@ from PIL import Image
 from lego_core.diffusion.build import build_from_pretrained, load_pipeline, widen_conv_in
 from lego_core.diffusion.conditioner import LegoConditioner
 from lego_core.diffusion.pipeline import LegoPipeline
-from lego_core.kit import make_tiny_instruct_pix2pix, make_tiny_sd
+from lego_core.kit import make_tiny_sd
 
 VLLM_DIM, M = 48, 6
 STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def ip2p_folder(tmp_path_factory):
-    return make_tiny_instruct_pix2pix(tmp_path_factory.mktemp("ip2p"), sample_size=8)
+def ip2p_folder(tiny_ip2p):
+    return tiny_ip2p
 
 
 @pytest.fixture(scope="module")

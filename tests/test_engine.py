@@ -50,10 +50,8 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llava(tmp_path_factory) -> Path:
-    from lego_core.kit import make_tiny_llava
-
-    return make_tiny_llava(tmp_path_factory.mktemp("llava") / "llava")
+def llava(tiny_llava) -> Path:
+    return tiny_llava
 
 
 def events(run: Path) -> list[dict]:

@@ -17,10 +17,8 @@ FAST = ["--max-new-tokens", "4", "--batch-size", "4", "--greedy"]
 
 
 @pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    from lego_core.kit import make_tiny_llava
-
-    return make_tiny_llava(tmp_path_factory.mktemp("enrich") / "llava")
+def llava_dir(tiny_llava):
+    return tiny_llava
 
 
 @pytest.fixture(scope="module")

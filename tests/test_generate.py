@@ -62,6 +62,7 @@ def test_same_seed_same_image_and_model_from_env(model, frame, tmp_path, monkeyp
     assert a.exit_code == 0 and b.exit_code == 0, b.output
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
     c = run_cli("generate", frame, "cut onion", "-o", tmp_path / "c.png", *FAST, "--seed", "1")
+    assert c.exit_code == 0, c.output
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "c.png")))
 
 

@@ -8,7 +8,6 @@ import gzip
 import io
 import json
 import os
-import pickle
 import tarfile
 from pathlib import Path
 
@@ -242,11 +241,11 @@ def test_curate_rerun_with_another_temperature_is_refused(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def two_llavas(tmp_path_factory):
+def two_llavas(tmp_path_factory, tiny_llava):
     from lego_core.kit import make_tiny_llava
 
     d = tmp_path_factory.mktemp("llava")
-    return make_tiny_llava(d / "a", seed=0), make_tiny_llava(d / "b", seed=1)
+    return tiny_llava, make_tiny_llava(d / "b", seed=1)
 
 
 def test_enrich_rerun_with_another_vllm_or_decoding_is_refused(tmp_path, two_llavas):
@@ -337,7 +336,6 @@ def test_curate_does_not_pay_again_for_a_rejected_sample(tmp_path, monkeypatch):
 def test_evaluate_model_regenerates_for_another_model_and_refuses_a_missing_one(tmp_path):
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     from lego_core.diffusion.build import build_from_pretrained

@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,14 +25,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_llava, tiny_ip2p):
     """A joint-conditioned tiny LEGO model and the tiny LLaVA whose width it was built for."""
     from lego_core.diffusion.build import build_from_pretrained
-    from lego_core.kit import make_tiny_instruct_pix2pix, make_tiny_llava
 
     root = tmp_path_factory.mktemp("serve")
-    llava = make_tiny_llava(root / "llava")
-    base = make_tiny_instruct_pix2pix(root / "ip2p", sample_size=8)
+    llava, base = tiny_llava, tiny_ip2p
     build_from_pretrained(base, conditioning="description+joint", vllm=llava).save_pretrained(root / "joint")
     return {"model": root / "joint", "vllm": llava, "root": root}
 

@@ -24,10 +24,8 @@ def answer_of(meta: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def llava(tmp_path_factory) -> Path:
-    from lego_core.kit import make_tiny_llava
-
-    return make_tiny_llava(tmp_path_factory.mktemp("tune") / "llava")
+def llava(tiny_llava) -> Path:
+    return tiny_llava
 
 
 @pytest.fixture(scope="module")

@@ -248,7 +248,6 @@ def data_position(path: str | Path, *, rank: int, world_size: int) -> dict:
 def load_checkpoint(engine, path: str | Path, *, rank: int) -> dict:
     """Restore model, optimizer, LR scheduler (DeepSpeed) and this rank's RNG; returns our state
     with this rank's data position (`data_position`)."""
-    import torch
     import torch.distributed as dist
 
     path = Path(path)

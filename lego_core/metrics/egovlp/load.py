@@ -146,7 +146,6 @@ def load_egovlp(path: str, frames: int | None = None, device: str = "cpu", text:
     checkpoint (the official ones: ViT-B/16 at 224 px, DistilBERT-base, 256-d). `frames`: the clip
     length it will be fed (temporal embeddings zero-extended if the checkpoint has fewer). `text`:
     keep the text branch (its weights are always checked; dropped after loading when False)."""
-    import torch
 
     from .model import EgoVLP, EgoVLPConfig
 
