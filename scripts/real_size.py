@@ -47,18 +47,18 @@ def lego() -> list[str]:
     return [str(Path(sys.executable).parent / "lego"), "-q"]
 
 
-def build(work: Path, what: str) -> list[str]:
+def build(work: Path, what: str, size: str) -> list[str]:
     """A child process that builds one model folder (one model in memory at a time)."""
-    return [sys.executable, __file__, "--work", str(work), "--build", what]
+    return [sys.executable, __file__, "--work", str(work), "--size", size, "--build", what]
 
 
-def _build(work: Path, what: str) -> None:
-    from lego_core.kit import make_llava_real_width, make_sd15_random
+def _build(work: Path, what: str, size: str) -> None:
+    from lego_core.kit import make_llava_real_width, make_sd15_random, make_tiny_llava, make_tiny_sd
 
     if what == "sd15":
-        make_sd15_random(work / "sd15")
+        (make_sd15_random if size == "real" else make_tiny_sd)(work / "sd15")
     elif what == "llava":
-        make_llava_real_width(work / "llava")
+        (make_llava_real_width if size == "real" else make_tiny_llava)(work / "llava")
     elif what == "inputs":
         _inputs(work)
     elif what in ("lego-untrained", "lego-plain"):
@@ -66,7 +66,7 @@ def _build(work: Path, what: str) -> None:
 
         joint = what == "lego-untrained"
         build_from_pretrained(work / "sd15", conditioning="description+joint" if joint else "description",
-                              vllm=5120).save_pretrained(work / what)
+                              vllm=work / "llava" if joint else 5120).save_pretrained(work / what)
 
 
 def _inputs(work: Path) -> None:
@@ -117,13 +117,17 @@ def storage_check(work: Path, log: Path) -> str:
         with tarfile.open(shard) as tar:
             for member in tar:
                 if member.name.endswith(("vllm_img.npy", "vllm_txt.npy", "enriched.txt")):
-                    written += member.size
+                    written += member.size + 512                      # + its tar header
                 n += member.name.endswith("meta.json")
     if not n:
         return "no enriched samples"
     per = written / n
-    return (f"estimate {estimate / 1e6:.2f} MB/sample, written {per / 1e6:.2f} MB/sample (H_i + H_t + text, "
-            f"{n} samples)" if estimate else f"written {per / 1e6:.2f} MB/sample (no estimate printed)")
+
+    def size(b):
+        return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+    return (f"enrich storage: estimate {size(estimate)} per sample at most, written {size(per)} per sample "
+            f"(H_i, H_t, description with their tar headers; {n} samples)" if estimate
+            else f"enrich storage: written {size(per)} per sample (no estimate printed)")
 
 
 def main() -> None:
@@ -131,11 +135,13 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "out" / "real-size"))
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--max-new-tokens", type=int, default=16, help="enrich / generate: tokens per description")
+    ap.add_argument("--size", choices=["real", "tiny"], default="real",
+                    help="tiny: the kit's tiny models, to check the script itself in seconds")
     ap.add_argument("--build", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work).resolve()
     if args.build:
-        return _build(work, args.build)
+        return _build(work, args.build, args.size)
     stages = args.stages.split(",")
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -143,7 +149,7 @@ def main() -> None:
     (work / "logs").mkdir(parents=True, exist_ok=True)
     env_note = f"load average {os.getloadavg()[0]:.1f} at start"
     if not (work / "in").is_dir():
-        subprocess.run(build(work, "inputs"), check=True, cwd=REPO)
+        subprocess.run(build(work, "inputs", args.size), check=True, cwd=REPO)
     tokens = ["--max-new-tokens", str(args.max_new_tokens), "--greedy"]
     rows, notes = [], []
     for stage in stages:
@@ -152,7 +158,7 @@ def main() -> None:
             what = stage.split("-")[1]
             if (work / what / ("model_index.json" if what == "sd15" else "config.json")).exists():
                 continue
-            cmd = build(work, what)
+            cmd = build(work, what, args.size)
         elif stage == "enrich":
             cmd = lego() + ["enrich", str(work / "in"), "--vllm", str(work / "llava"), "--out",
                             str(work / "enriched" / "e-%06d.tar"), "--overwrite", "--batch-size", "2", *tokens]
@@ -165,7 +171,7 @@ def main() -> None:
         elif stage == "generate-plain":
             model = work / "lego-plain"
             if not (model / "model_index.json").exists():
-                subprocess.run(build(work, "lego-plain"), check=True, cwd=REPO)
+                subprocess.run(build(work, "lego-plain", args.size), check=True, cwd=REPO)
             cmd = lego() + ["generate", str(work / "frame.jpg"), "cut onion", "--model", str(model), "--steps", "2",
                             "--size", "256", "-o", str(work / "generated-plain.png")]
         else:  # generate
@@ -174,7 +180,7 @@ def main() -> None:
             if model is None:
                 model = work / "lego-untrained"
                 if not (model / "model_index.json").exists():
-                    subprocess.run(build(work, "lego-untrained"), check=True, cwd=REPO)
+                    subprocess.run(build(work, "lego-untrained", args.size), check=True, cwd=REPO)
             cmd = lego() + ["generate", str(work / "frame.jpg"), "cut onion", "--model", str(model), "--vllm",
                             str(work / "llava"), "--steps", "2", "--size", "256", "-o", str(work / "generated.png"),
                             *tokens]

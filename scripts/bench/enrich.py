@@ -174,7 +174,8 @@ def main() -> None:
             "generated_tokens": {"batched": batched.tokens, "single": single.tokens},
             "batched": {"batch_size": args.batch_size, "seconds": round(t_batched, 2),
                         "samples_per_s": round(args.samples / t_batched, 3)},
-            "single": {"batch_size": 1, "seconds": round(t_single, 2), "samples_per_s": round(args.samples / t_single, 3)},
+            "single": {"batch_size": 1, "seconds": round(t_single, 2),
+                       "samples_per_s": round(args.samples / t_single, 3)},
             "speedup": round(t_single / t_batched, 2),
             "same_outputs": same,
         }
