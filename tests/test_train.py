@@ -184,6 +184,16 @@ def test_train_changes_unet_and_conditioner_not_vae_or_text_encoder(base, enrich
     config = json.loads((run / "train-config.json").read_text())
     assert config["resolved"]["deepspeed"]["zero_optimization"]["stage"] == 2
 
+    # A rerun of the finished run is a no-op, as for tune-vllm: nothing trained, nothing re-exported.
+    weights = {p: p.stat().st_mtime_ns for p in (run / "model").rglob("*.safetensors")}
+    again = run_cli("-q", "train", str(enriched), "--base", base, "--out", run, "--max-steps", "4", *FAST,
+                    "--checkpoint-every", "2", "--no-ema", "--json", "--val-shards", str(enriched / "e-000000.tar"),
+                    "--val-every", "4", "--val-samples", "2", "--val-steps", "2")
+    assert again.exit_code == 0, again.output
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "done" and last["steps_run"] == 0
+    assert weights and {p: p.stat().st_mtime_ns for p in weights} == weights
+
 
 def test_zero3_and_cached_latents(base, enriched, tmp_path):
     run = tmp_path / "run"

@@ -6,11 +6,9 @@ conditioner) are trained together with the UNet; the VAE and the CLIP text encod
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from torch import nn
 from lego_core.diffusion.build import write_model_info
 from lego_core.errors import BadInput
 from lego_core.engine.config import EngineOptions
+from lego_core.engine.loop import Recipe, run_training
 
 log = logging.getLogger("lego.train")
 
@@ -209,119 +208,115 @@ def train(cfg: TrainConfig) -> Path | None:
     device, _ = init_distributed(dist_env)
     rank, world = dist_env.rank, dist_env.world_size
     try:
-        return _train(cfg, urls, first, run, rank, world, device, n_samples)
+        return run_training(DiffusionRecipe(cfg, urls, first, run, rank, world, device), n_samples)
     finally:
         shutdown()
 
 
-def _train(cfg, urls, first, run, rank, world, device, n_samples: int) -> Path:
-    import deepspeed
-    from diffusers.training_utils import EMAModel
+class DiffusionRecipe(Recipe):
+    """`lego train` in the shared loop: the UNet and conditioner trained with the L2 noise loss,
+    the VAE and text encoder frozen, an optional EMA, validation and a diffusers pipeline export."""
 
-    from lego_core.data.shards import SkipStats, make_dataset
-    from lego_core.diffusion.build import build_from_pretrained, quiet_loading
-    from lego_core.diffusion.data import DecodeSample, DecodeStage, collate, flip_batch, required_fields, vllm_width_of
-    from lego_core.engine import checkpoint as ckpt
-    from lego_core.engine.config import engine_config, precision_dtype
-    from lego_core.engine.logger import RunLogger
-    from lego_core.engine.stream import batch_stream
+    outputs = ("checkpoints", "model", "log.jsonl", "tensorboard", "samples")
+    finished_marker = "model_index.json"
 
-    ckpt_dir = run / "checkpoints"
-    resume_from = ckpt.start_run(run, rank=rank, overwrite=cfg.overwrite, resume=cfg.resume,
-                                 outputs=("checkpoints", "model", "log.jsonl", "tensorboard", "samples"))
+    def __init__(self, cfg: TrainConfig, urls, first, run: Path, rank: int, world: int, device):
+        super().__init__(cfg, run, rank, world, device)
+        self.urls, self.first = urls, first
+        self.ema = self.keys_out = None
 
-    torch.manual_seed(cfg.seed + rank)
-    quiet_loading()
-    pipe = build_from_pretrained(cfg.base, conditioning=cfg.conditioning, vllm=vllm_width_of(first) or 5120)
-    for frozen in (pipe.vae, pipe.text_encoder):
-        frozen.requires_grad_(False)
-        frozen.eval()
-    denoiser = Denoiser(pipe.unet, pipe.conditioner)
-    params = trainable_parameters(denoiser)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)     # constant, as the paper
-    ds_config = engine_config(cfg.engine, world)     # a --deepspeed file's batch / accumulation win
-    if cfg.engine.offload_optimizer:
-        ds_config["zero_force_ds_cpu_optimizer"] = False
-    engine, _, _, _ = deepspeed.initialize(model=denoiser, optimizer=optimizer, lr_scheduler=lr_sched,
-                                           config=ds_config, model_parameters=params)
-    dtype = precision_dtype(ds_config)
-    pipe.vae.to(device)
-    pipe.text_encoder.to(device)
-    zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
-    ema = EMAModel(ema_inputs(params, zero3), decay=cfg.ema_decay) if cfg.ema else None
-    ema_file = f"ema-rank{rank}.pt" if zero3 else "ema.pt"  # ZeRO-3: each rank averages its own partition
+    def total_steps(self, n_samples: int) -> int:
+        return steps_for(self.cfg, n_samples, self.world)
 
-    total = steps_for(cfg, n_samples, world)
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
-    if resume_from is not None:
-        state.update(ckpt.load_checkpoint(engine, resume_from, rank=rank))
-        if ema is not None:
-            _load_ema(ema, resume_from / ema_file)
-    start = int(state["step"])
-    logger = RunLogger(run, enabled=rank == 0, total_steps=total, start_step=start, progress=cfg.progress,
-                       every=cfg.log_every)
-    if rank == 0:
-        log.info(plan_text(cfg, total, n_samples, world))
-        (run / "train-config.json").write_text(json.dumps(
-            {**asdict(cfg), "resolved": {"world_size": world, "total_steps": total, "samples": n_samples,
-                                          "deepspeed": ds_config}}, indent=1, default=str))
-        logger.event("resume" if resume_from else "start", step=start, total_steps=total, world_size=world,
-                     checkpoint=str(resume_from) if resume_from else None)
+    def build(self, ds_config: dict, total: int):
+        from lego_core.diffusion.build import build_from_pretrained, quiet_loading
+        from lego_core.diffusion.data import vllm_width_of
 
-    stats = SkipStats()
-    dataset = make_dataset(urls, shuffle=cfg.shuffle_buffer, resample=cfg.resample, seed=cfg.seed,
-                           require=required_fields(cfg.conditioning, cfg.cached_latents), stats=stats)
-    dataset.append(DecodeStage(DecodeSample(cfg.conditioning, cfg.resolution, cached_latents=cfg.cached_latents)))
+        cfg = self.cfg
+        quiet_loading()
+        self.pipe = build_from_pretrained(cfg.base, conditioning=cfg.conditioning,
+                                          vllm=vllm_width_of(self.first) or 5120)
+        for frozen in (self.pipe.vae, self.pipe.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.denoiser = Denoiser(self.pipe.unet, self.pipe.conditioner)
+        self.params = trainable_parameters(self.denoiser)
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)     # constant, as the paper
+        if cfg.engine.offload_optimizer:
+            ds_config["zero_force_ds_cpu_optimizer"] = False
+        return self.denoiser, optimizer, lr_sched, self.params
 
-    def loader():
-        return torch.utils.data.DataLoader(dataset, batch_size=cfg.engine.micro_batch, num_workers=cfg.workers,
-                                           collate_fn=collate, drop_last=True,
-                                           multiprocessing_context="spawn" if cfg.workers else None)
+    def ready(self, engine, ds_config: dict) -> None:
+        from diffusers.training_utils import EMAModel
 
-    step_fn = DiffusionStep(pipe, engine, dtype, device, cfg)
-    batches = batch_stream(dataset, loader, int(state["epoch"]), int(state["batches_in_epoch"]))
-    step, t0, samples = start, time.perf_counter(), 0
-    keys_out = open(run / f"keys-rank{rank}.txt", "a", encoding="utf-8") if cfg.record_keys else None
-    engine.train()
-    while step < total:
-        loss_sum = 0.0
-        for _ in range(cfg.engine.grad_accum):
-            epoch, in_epoch, batch = next(batches)
-            if cfg.flip:
-                batch = flip_batch(batch, cfg.seed, epoch)
-            loss = step_fn.loss(batch)
-            engine.backward(loss)
-            engine.step()
-            if ema is not None and cfg.ema_update == "micro-batch":
-                ema.step(ema_inputs(params, zero3))
-            loss_sum += loss.item() / cfg.engine.grad_accum
-            samples += len(batch["text"])
-            if keys_out is not None:
-                keys_out.write("".join(f"{step + 1} {k}\n" for k in batch["key"]))
-        step += 1
-        if ema is not None and cfg.ema_update == "step":
-            ema.step(ema_inputs(params, zero3))
-        elapsed = time.perf_counter() - t0
-        logger.step(step, loss=loss_sum, lr=lr_sched.get_last_lr()[0], samples_per_s=samples * world / max(elapsed, 1e-9),
-                    epoch=epoch)
+        from lego_core.engine.config import precision_dtype
+
+        cfg, rank = self.cfg, self.rank
+        self.engine = engine
+        self.pipe.vae.to(self.device)
+        self.pipe.text_encoder.to(self.device)
+        self.zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+        self.ema = EMAModel(ema_inputs(self.params, self.zero3), decay=cfg.ema_decay) if cfg.ema else None
+        self.ema_file = f"ema-rank{rank}.pt" if self.zero3 else "ema.pt"  # ZeRO-3: each rank its own partition
+        self.step_fn = DiffusionStep(self.pipe, engine, precision_dtype(ds_config), self.device, cfg)
+        if cfg.record_keys:
+            self.keys_out = open(self.run / f"keys-rank{rank}.txt", "a", encoding="utf-8")
+
+    def resume(self, checkpoint: Path) -> None:
+        if self.ema is not None:
+            _load_ema(self.ema, checkpoint / self.ema_file)
+
+    def announce(self, total: int, n_samples: int) -> None:
+        log.info(plan_text(self.cfg, total, n_samples, self.world))
+
+    def dataset(self, stats):
+        from lego_core.data.shards import make_dataset
+        from lego_core.diffusion.data import DecodeSample, DecodeStage, collate, required_fields
+
+        cfg = self.cfg
+        dataset = make_dataset(self.urls, shuffle=cfg.shuffle_buffer, resample=cfg.resample, seed=cfg.seed,
+                               require=required_fields(cfg.conditioning, cfg.cached_latents), stats=stats)
+        dataset.append(DecodeStage(DecodeSample(cfg.conditioning, cfg.resolution, cached_latents=cfg.cached_latents)))
+        return dataset, collate
+
+    def next_batch(self, batches):
+        from lego_core.diffusion.data import flip_batch
+
+        epoch, in_epoch, batch = next(batches)
+        if self.cfg.flip:
+            batch = flip_batch(batch, self.cfg.seed, epoch)
+        return epoch, in_epoch, batch
+
+    def micro_step(self, engine, batch, step: int):
+        if self.keys_out is not None:
+            self.keys_out.write("".join(f"{step + 1} {k}\n" for k in batch["key"]))
+        return self.step_fn.loss(batch), len(batch["text"])
+
+    def after_micro_step(self) -> None:
+        if self.ema is not None and self.cfg.ema_update == "micro-batch":
+            self.ema.step(ema_inputs(self.params, self.zero3))
+
+    def after_step(self, engine, step: int, logger) -> None:
+        cfg = self.cfg
+        if self.ema is not None and cfg.ema_update == "step":
+            self.ema.step(ema_inputs(self.params, self.zero3))
         if cfg.val_shards and step % cfg.val_every == 0:
-            _validate(cfg, step_fn, pipe, engine, run, step, logger, rank, zero3)
-        if step % cfg.checkpoint_every == 0 or step == total:
-            extra = {ema_file: ema.state_dict()} if ema is not None else None
-            ckpt.save_checkpoint(engine, ckpt_dir, step, {}, position={"epoch": epoch, "batches_in_epoch": in_epoch},
-                                 rank=rank, keep=cfg.keep_checkpoints, extra=extra, every_rank=zero3)
-            logger.event("checkpoint", step=step)
-    if keys_out is not None:
-        keys_out.close()
-    if stats.total and rank == 0:
-        log.warning("skipped %s", stats.summary())
-    info = {"resolution": cfg.resolution, "validation_steps": cfg.val_steps, "conditioning": cfg.conditioning,
-            "training_steps": step}
-    out = _export(pipe, denoiser, engine, params, ema, run / "model", rank, zero3, info)
-    logger.event("done", step=step, steps_run=step - start, model=str(out))
-    logger.close()
-    return out if rank == 0 else None
+            _validate(cfg, self.step_fn, self.pipe, engine, self.run, step, logger, self.rank, self.zero3)
+
+    def checkpoint_extra(self):
+        return ({self.ema_file: self.ema.state_dict()} if self.ema is not None else None), self.zero3
+
+    def export(self, engine, folder: Path, step: int) -> Path:
+        cfg = self.cfg
+        info = {"resolution": cfg.resolution, "validation_steps": cfg.val_steps, "conditioning": cfg.conditioning,
+                "training_steps": step}
+        return _export(self.pipe, self.denoiser, engine, self.params, self.ema, folder, self.rank, self.zero3, info)
+
+    def close(self) -> None:
+        if self.keys_out is not None:
+            self.keys_out.close()
+            self.keys_out = None
 
 
 def ema_targets(params, zero3: bool) -> list:

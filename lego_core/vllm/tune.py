@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lego_core.engine.config import EngineOptions
+from lego_core.engine.loop import Recipe, run_training
 from lego_core.errors import BadInput
 from lego_core.vllm.tune_data import (
     DecodeCurated, SkipSample, _as_list, answer_mask_kind, check_curated, collate_examples, encode_example,
@@ -201,126 +201,96 @@ def tune(cfg: TuneConfig) -> Path | None:
     dist_env = detect_launch()
     device, _ = init_distributed(dist_env)
     try:
-        return _tune(cfg, urls, n_samples, run, dist_env.rank, dist_env.world_size, device)
+        return run_training(TuneRecipe(cfg, urls, run, dist_env.rank, dist_env.world_size, device), n_samples)
     finally:
         shutdown()
 
 
-def _tune(cfg: TuneConfig, urls, n_samples, run: Path, rank: int, world: int, device) -> Path | None:
-    import deepspeed
-    import torch
-    from transformers import get_cosine_schedule_with_warmup
+class TuneRecipe(Recipe):
+    """`lego tune-vllm` in the shared loop: LLaVA with its vision tower frozen, cross-entropy on the
+    answer tokens, a question template drawn per sample and epoch, a transformers folder export."""
 
-    from lego_core.data.schema import CURATED, INPUT, META
-    from lego_core.data.shards import SkipStats, make_dataset
-    from lego_core.engine import checkpoint as ckpt
-    from lego_core.engine.config import engine_config, precision_dtype
-    from lego_core.engine.logger import RunLogger
-    from lego_core.engine.stream import batch_stream
-    from lego_core.vllm.templates import tuning_question
+    name = "tune-vllm"
+    config_file = "tune-config.json"
+    rate_name = "tokens_per_s"
 
-    ckpt_dir = run / "checkpoints"
-    resume_from = ckpt.start_run(run, rank=rank, overwrite=cfg.overwrite, resume=cfg.resume,
-                                 outputs=("checkpoints", "model", "log.jsonl", "tensorboard"))
+    def __init__(self, cfg: TuneConfig, urls, run: Path, rank: int, world: int, device):
+        super().__init__(cfg, run, rank, world, device)
+        self.urls = urls
 
-    torch.manual_seed(cfg.seed + rank)
-    ds_config = engine_config(cfg.engine, world)     # a --deepspeed file's batch / accumulation win
-    dtype = precision_dtype(ds_config)
-    if rank != 0 or not cfg.progress:
-        from transformers.utils import logging as hf_logging
+    def total_steps(self, n_samples: int) -> int:
+        return total_steps(self.cfg, n_samples, self.world)
 
-        hf_logging.disable_progress_bar()
-    model, processor = load_base(cfg.vllm, dtype, ds_config)
-    model.config.use_cache = False
-    if hasattr(model.config, "text_config"):
-        model.config.text_config.use_cache = False
-    params = freeze_vision_tower(model)
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(model)
-    optimizer = _optimizer(params, cfg, ds_config)
-    total = total_steps(cfg, n_samples, world)
-    warmup = math.ceil(cfg.warmup_ratio * total)
-    lr_sched = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_sched,
-                                           config=ds_config, model_parameters=params)
-    zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+    def build(self, ds_config: dict, total: int):
+        from transformers import get_cosine_schedule_with_warmup
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
-    if resume_from is not None:
-        state.update(ckpt.load_checkpoint(engine, resume_from, rank=rank))
-    start = int(state["step"])
-    logger = RunLogger(run, enabled=rank == 0, total_steps=total, start_step=start, progress=cfg.progress,
-                       every=cfg.log_every, desc="tune-vllm")
-    if rank == 0:
-        (run / "tune-config.json").write_text(json.dumps(
-            {**asdict(cfg), "resolved": {"world_size": world, "total_steps": total, "warmup_steps": warmup,
-                                          "samples": n_samples, "answer_tokens": answer_mask_kind(processor),
-                                          "deepspeed": ds_config}}, indent=1, default=str))
-        logger.event("resume" if resume_from else "start", step=start, total_steps=total, world_size=world,
-                     checkpoint=str(resume_from) if resume_from else None)
+        from lego_core.engine.config import precision_dtype
 
-    stats = SkipStats()
-    dataset = make_dataset(urls, shuffle=cfg.shuffle_buffer, resample=cfg.resample, seed=cfg.seed,
-                           require=[INPUT, META, CURATED], stats=stats)
-    mean = list(getattr(processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5))
-    dataset.append(DecodeCurated(mean, cfg.aspect))
+        cfg = self.cfg
+        self.dtype = precision_dtype(ds_config)
+        if self.rank != 0 or not cfg.progress:
+            from transformers.utils import logging as hf_logging
 
-    def loader():
-        return torch.utils.data.DataLoader(dataset, batch_size=cfg.engine.micro_batch, num_workers=cfg.workers,
-                                           collate_fn=_as_list, drop_last=True,
-                                           multiprocessing_context="spawn" if cfg.workers else None)
+            hf_logging.disable_progress_bar()
+        model, self.processor = load_base(cfg.vllm, self.dtype, ds_config)
+        model.config.use_cache = False
+        if hasattr(model.config, "text_config"):
+            model.config.text_config.use_cache = False
+        params = freeze_vision_tower(model)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
+        optimizer = _optimizer(params, cfg, ds_config)
+        self.warmup = math.ceil(cfg.warmup_ratio * total)
+        lr_sched = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=self.warmup, num_training_steps=total)
+        return model, optimizer, lr_sched, params
 
-    pad_id = processor.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = processor.tokenizer.eos_token_id or 0
-    batches = batch_stream(dataset, loader, int(state["epoch"]), int(state["batches_in_epoch"]))
+    def ready(self, engine, ds_config: dict) -> None:
+        self.zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
 
-    def next_batch():
+    def resolved(self, total: int, n_samples: int, ds_config: dict) -> dict:
+        return {"world_size": self.world, "total_steps": total, "warmup_steps": self.warmup, "samples": n_samples,
+                "answer_tokens": answer_mask_kind(self.processor), "deepspeed": ds_config}
+
+    def dataset(self, stats):
+        from lego_core.data.schema import CURATED, INPUT, META
+        from lego_core.data.shards import make_dataset
+
+        cfg = self.cfg
+        self.stats = stats
+        dataset = make_dataset(self.urls, shuffle=cfg.shuffle_buffer, resample=cfg.resample, seed=cfg.seed,
+                               require=[INPUT, META, CURATED], stats=stats)
+        mean = list(getattr(self.processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5))
+        dataset.append(DecodeCurated(mean, cfg.aspect))
+        tokenizer = self.processor.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        return dataset, _as_list
+
+    def next_batch(self, batches):
+        """The next batch with at least one example: a sample whose prompt is too long is skipped."""
+        from lego_core.vllm.templates import tuning_question
+
+        cfg = self.cfg
         while True:
             epoch, in_epoch, samples = next(batches)
             examples = []
             for s in samples:
                 question = tuning_question(s["label"], question_seed(cfg.seed, epoch, s["key"]))
                 try:
-                    examples.append(encode_example(processor, s["image"], question, s["answer"],
+                    examples.append(encode_example(self.processor, s["image"], question, s["answer"],
                                                    max_length=cfg.max_length))
                 except SkipSample as e:
-                    stats.add("prompt too long", key=s["key"], detail=str(e))
+                    self.stats.add("prompt too long", key=s["key"], detail=str(e))
                     log.warning("skipped %s: %s", s["key"], e)
             if examples:
-                return epoch, in_epoch, collate_examples(examples, pad_id)
+                return epoch, in_epoch, collate_examples(examples, self.pad_id)
 
-    if start >= total and (run / "model" / "config.json").is_file():
-        logger.event("done", step=start, steps_run=0, model=str(run / "model"))   # finished before
-        logger.close()
-        return run / "model" if rank == 0 else None
-    step, t0, tokens = start, time.perf_counter(), 0
-    engine.train()
-    while step < total:
-        loss_sum, lr = 0.0, lr_sched.get_last_lr()[0]          # the rate this step uses
-        for _ in range(cfg.engine.grad_accum):
-            epoch, in_epoch, batch = next_batch()
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            batch["pixel_values"] = batch["pixel_values"].to(dtype)
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.item() / cfg.engine.grad_accum
-            tokens += int(batch["attention_mask"].sum())
-        step += 1
-        elapsed = time.perf_counter() - t0
-        logger.step(step, loss=loss_sum, lr=lr, tokens_per_s=tokens * world / max(elapsed, 1e-9),
-                    epoch=epoch)
-        if step % cfg.checkpoint_every == 0 or step == total:
-            ckpt.save_checkpoint(engine, ckpt_dir, step, {}, position={"epoch": epoch, "batches_in_epoch": in_epoch},
-                                 rank=rank, keep=cfg.keep_checkpoints)
-            logger.event("checkpoint", step=step)
-    if stats.total and rank == 0:
-        log.warning("skipped %s", stats.summary())
-    out = export(engine, processor, run / "model", rank, zero3, record=cfg)
-    logger.event("done", step=step, steps_run=step - start, model=str(out))
-    logger.close()
-    return out if rank == 0 else None
+    def micro_step(self, engine, batch, step: int):
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        return engine(**batch).loss, int(batch["attention_mask"].sum())
+
+    def export(self, engine, folder: Path, step: int) -> Path:
+        return export(engine, self.processor, folder, self.rank, self.zero3, record=self.cfg)
 
 
 def export(engine, processor, folder: Path, rank: int, zero3: bool, record: TuneConfig | None = None) -> Path:
