@@ -84,19 +84,8 @@ def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: s
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise BadInput(f"LLaVA folder not found: {name}")
 
-    from transformers import AutoConfig, AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(name)
-        config = AutoConfig.from_pretrained(name)
-        quantized = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
-        model = llava_model_class(config).from_pretrained(name, config=config, dtype=torch_dtype, **quantized)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
-    if getattr(processor, "image_token", None) is None or getattr(processor, "tokenizer", None) is None:
-        raise BadInput(f"{name}: the processor ({type(processor).__name__}) has no image token / "
-                       "tokenizer; expected a LlavaProcessor")
+    quantized = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
+    model, processor = read_llava(name, torch_dtype, **quantized)
     try:
         if not quantization_config:
             model.to(device)
@@ -104,6 +93,25 @@ def load_vllm(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: s
         raise LegoError(f"cannot move the LLaVA model to {device}: {e}") from None
     model.eval()
     log.debug("loaded %s (%s, %s)", name, device, torch_dtype)
+    return model, processor
+
+
+def read_llava(name: str, torch_dtype, **kwargs):
+    """(model, processor) from ``name`` as they are saved (no device move, no eval mode): the one
+    place LLaVA folders are read, for inference (`load_vllm`) and for tuning (`tune.load_base`).
+    The class follows config.json (`llava_model_class`); failures are one `BadInput` line."""
+    from transformers import AutoConfig, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name)
+        model = llava_model_class(config).from_pretrained(name, config=config, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
+    if getattr(processor, "image_token", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise BadInput(f"{name}: the processor ({type(processor).__name__}) has no image token / "
+                       "tokenizer; expected a LlavaProcessor")
     return model, processor
 
 

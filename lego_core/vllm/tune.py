@@ -94,9 +94,7 @@ def load_base(name: str, dtype, ds_config: dict):
     """The base model and processor. Under ZeRO-3 the weights load straight into partitions
     (transformers' `HfDeepSpeedConfig` + `deepspeed.zero.Init`), so no rank ever holds the whole
     model; the global switch is cleared again afterwards."""
-    from transformers import AutoConfig, AutoProcessor
-
-    from lego_core.vllm.load import llava_model_class, load_config
+    from lego_core.vllm.load import load_config, read_llava
 
     load_config(name)                         # one-line errors for a wrong folder / name
     path = Path(name).expanduser()
@@ -106,24 +104,16 @@ def load_base(name: str, dtype, ds_config: dict):
     if zero3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        keep = HfDeepSpeedConfig(ds_config)    # noqa: F841 - must stay alive while loading
+        keep = HfDeepSpeedConfig(ds_config)    # must stay alive while loading
     try:
-        processor = AutoProcessor.from_pretrained(name)
-        config = AutoConfig.from_pretrained(name)
-        # the class `load_vllm` loads it with: a LLaVA v1 import ("projector_type": "linear") keeps its
+        # as `load_vllm` reads it: a LLaVA v1 import ("projector_type": "linear") keeps its
         # single-linear projector instead of getting a fresh random 2-layer MLP
-        model = llava_model_class(config).from_pretrained(name, config=config, dtype=dtype)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"cannot load the LLaVA model {name}: {first}") from None
+        return read_llava(name, dtype)
     finally:
         if keep is not None:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()
-    if getattr(processor, "image_token", None) is None or getattr(processor, "tokenizer", None) is None:
-        raise BadInput(f"{name}: the processor ({type(processor).__name__}) has no image token / tokenizer")
-    return model, processor
 
 
 def enable_checkpointing(model) -> None:
