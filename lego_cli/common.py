@@ -80,3 +80,41 @@ def generation_options(*, skip: tuple[str, ...] = ()):
         return wrapper
 
     return decorate
+
+
+def engine_options(*, micro_batch: tuple[int, str], grad_accum: tuple[int, str], zero_stage: int,
+                   offload_params: bool = False):
+    """The DeepSpeed options `lego train` and `lego tune-vllm` share, declared once; the command
+    receives them as one `engine` argument (an `EngineOptions`). The defaults that differ per model
+    are given as (default, help)."""
+    import functools
+
+    options = [
+        click.option("--batch-size", "micro_batch", default=micro_batch[0], help=micro_batch[1]),
+        click.option("--grad-accum", default=grad_accum[0], help=grad_accum[1]),
+        click.option("--zero", "zero_stage", default=zero_stage, type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
+        click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     help="auto: bf16 on GPUs that support it, else fp32."),
+        click.option("--grad-clip", default=1.0),
+        click.option("--offload-optimizer", is_flag=True, help="Keep ZeRO optimizer states in CPU memory."),
+    ]
+    if offload_params:
+        options.append(click.option("--offload-params", is_flag=True,
+                                    help="ZeRO-3: keep parameters in CPU memory too (the authors' zero3_offload)."))
+    options.append(click.option("--deepspeed", "deepspeed_config", type=click.Path(dir_okay=False, exists=True),
+                                help="Your own DeepSpeed JSON (overrides the flags above)."))
+    names = ["micro_batch", "grad_accum", "zero_stage", "precision", "grad_clip", "offload_optimizer",
+             *(["offload_params"] if offload_params else []), "deepspeed_config"]
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from lego_core.engine.config import EngineOptions
+
+            return fn(*args, engine=EngineOptions(**{n: kwargs.pop(n) for n in names}), **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate

@@ -60,3 +60,20 @@ def test_usage_errors_exit_2():
 def test_debug_shows_the_traceback(tmp_path):
     proc = run_lego("--debug", "inspect", str(tmp_path / "missing.tar"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("command, module, function", [("train", "lego_core.diffusion.train", "train"),
+                                                       ("tune-vllm", "lego_core.vllm.tune", "tune")])
+def test_train_and_tune_vllm_share_the_engine_options(command, module, function, monkeypatch, tmp_path):
+    import importlib
+
+    from lego_core.engine.config import EngineOptions
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), function, lambda cfg: seen.append(cfg) or None)
+    extra = ["--vllm", "x"] if command == "tune-vllm" else []
+    result = run_cli(command, "s.tar", "--out", tmp_path / "run", *extra, "--batch-size", "3", "--grad-accum", "2",
+                     "--zero", "1", "--precision", "fp32", "--grad-clip", "0.5", "--offload-optimizer")
+    assert result.exit_code == 0, result.output
+    assert seen[0].engine == EngineOptions(micro_batch=3, grad_accum=2, zero_stage=1, precision="fp32", grad_clip=0.5,
+                                           offload_optimizer=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lego_cli.common import echo_result, quiet
+from lego_cli.common import echo_result, engine_options, quiet
 
 
 @click.command("train", context_settings={"show_default": True})
@@ -20,15 +20,8 @@ from lego_cli.common import echo_result, quiet
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True),
               help="Passes over the shards instead of a step count (ignored with --max-steps).")
 @click.option("--lr", "learning_rate", default=1e-4, help="AdamW learning rate (constant).")
-@click.option("--batch-size", "micro_batch", default=32, help="Micro-batch per device (the authors: 32 per GPU).")
-@click.option("--grad-accum", default=4, help="Gradient accumulation steps (the authors: 4).")
-@click.option("--zero", "zero_stage", default=2, type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage.")
-@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="auto: bf16 on GPUs that support it, else fp32.")
-@click.option("--grad-clip", default=1.0)
-@click.option("--offload-optimizer", is_flag=True, help="Keep ZeRO optimizer states in CPU memory.")
-@click.option("--deepspeed", "deepspeed_config", type=click.Path(dir_okay=False, exists=True),
-              help="Your own DeepSpeed JSON (overrides the flags above).")
+@engine_options(micro_batch=(32, "Micro-batch per device (the authors: 32 per GPU)."),
+                grad_accum=(4, "Gradient accumulation steps (the authors: 4)."), zero_stage=2)
 @click.option("--no-ema", is_flag=True, help="Do not keep (and export) an EMA of the weights.")
 @click.option("--ema-update", default="step", type=click.Choice(["step", "micro-batch"]),
               help="Update the EMA (decay 0.9999) after each optimizer step, or after each micro-batch as the "
@@ -53,8 +46,7 @@ from lego_cli.common import echo_result, quiet
 @click.option("--record-keys", is_flag=True, help="Write the keys each rank trained on to RUN/keys-rank{R}.txt (audit data splitting).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs, learning_rate, micro_batch,
-            grad_accum, zero_stage, precision, grad_clip, offload_optimizer, deepspeed_config, no_ema, ema_update, cfg_dropout,
+def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs, learning_rate, engine, no_ema, ema_update, cfg_dropout,
             cache_latents, workers, shuffle_buffer, resample, checkpoint_every, keep_checkpoints, resume, overwrite,
             val_shards, val_every, val_samples, val_steps, seed, log_every, record_keys, as_json):
     """Train the LEGO diffusion model: InstructPix2Pix-style, conditioned on the VLLM's
@@ -68,7 +60,6 @@ def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs,
       srun lego train data/*.tar --out runs/lego --resample      # see scripts/slurm/train.sbatch
     """
     from lego_core.diffusion.train import TrainConfig, train
-    from lego_core.engine.config import EngineOptions
 
     cfg = TrainConfig(
         shards=list(shards), out=out, base=base, conditioning=conditioning, resolution=resolution,
@@ -77,9 +68,7 @@ def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs,
         seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, resample=resample,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
         log_every=log_every, record_keys=record_keys, val_shards=list(val_shards), val_every=val_every, val_samples=val_samples, val_steps=val_steps, progress=not quiet(ctx),
-        engine=EngineOptions(micro_batch=micro_batch, grad_accum=grad_accum, zero_stage=zero_stage,
-                             precision=precision, grad_clip=grad_clip, offload_optimizer=offload_optimizer,
-                             deepspeed_config=deepspeed_config),
+        engine=engine,
     )
     if cache_latents:
         from lego_core.diffusion.latents import cache_for_run

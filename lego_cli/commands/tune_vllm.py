@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lego_cli.common import echo_result, quiet
+from lego_cli.common import echo_result, engine_options, quiet
 
 
 @click.command("tune-vllm", context_settings={"show_default": True})
@@ -18,16 +18,8 @@ from lego_cli.common import echo_result, quiet
 @click.option("--warmup-ratio", default=0.03, help="Linear warmup share of the steps, then cosine decay to 0.")
 @click.option("--weight-decay", default=0.0)
 @click.option("--max-length", default=2048, help="Cut sequences (image tokens + question + answer) to this many tokens.")
-@click.option("--batch-size", "micro_batch", default=16, help="Micro-batch per device (paper: 16 per GPU).")
-@click.option("--grad-accum", default=1, help="Gradient accumulation steps.")
-@click.option("--zero", "zero_stage", default=3, type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage.")
-@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="auto: bf16 on GPUs that support it, else fp32.")
-@click.option("--grad-clip", default=1.0)
-@click.option("--offload-optimizer", is_flag=True, help="Keep ZeRO optimizer states in CPU memory (DeepSpeed CPU Adam).")
-@click.option("--offload-params", is_flag=True, help="ZeRO-3: keep parameters in CPU memory too (the authors' zero3_offload).")
-@click.option("--deepspeed", "deepspeed_config", type=click.Path(dir_okay=False, exists=True),
-              help="Your own DeepSpeed JSON (overrides the flags above).")
+@engine_options(micro_batch=(16, "Micro-batch per device (paper: 16 per GPU)."),
+                grad_accum=(1, "Gradient accumulation steps."), zero_stage=3, offload_params=True)
 @click.option("--no-gradient-checkpointing", is_flag=True, help="Faster, but keeps every activation.")
 @click.option("--aspect", type=click.Choice(["crop", "pad"]), default="crop",
               help="Image preparation; use what `lego enrich` will use.")
@@ -44,8 +36,7 @@ from lego_cli.common import echo_result, quiet
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def command(ctx, shards, vllm, out, epochs, max_steps, learning_rate, warmup_ratio, weight_decay, max_length,
-            micro_batch, grad_accum, zero_stage, precision, grad_clip, offload_optimizer, offload_params,
-            deepspeed_config, no_gradient_checkpointing, aspect, workers, shuffle_buffer, resample, checkpoint_every,
+            engine, no_gradient_checkpointing, aspect, workers, shuffle_buffer, resample, checkpoint_every,
             keep_checkpoints, resume, overwrite, seed, log_every, as_json):
     """Tune a LLaVA to describe how an action is done in a scene: the input frame and a question
     (one of ten templates, drawn per sample and epoch, with the action label) -> curated.txt.
@@ -67,7 +58,6 @@ def command(ctx, shards, vllm, out, epochs, max_steps, learning_rate, warmup_rat
           --vllm llava-hf/llava-1.5-13b-hf --out runs/vllm-epic --offload-optimizer
       lego enrich 'data/epic-{000000..000099}.tar' --vllm runs/vllm-epic/model --out enriched/epic-%06d.tar
     """
-    from lego_core.engine.config import EngineOptions
     from lego_core.vllm.tune import TuneConfig, tune
 
     cfg = TuneConfig(
@@ -77,9 +67,7 @@ def command(ctx, shards, vllm, out, epochs, max_steps, learning_rate, warmup_rat
         shuffle_buffer=shuffle_buffer, resample=resample, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite, log_every=log_every,
         progress=not quiet(ctx),
-        engine=EngineOptions(micro_batch=micro_batch, grad_accum=grad_accum, zero_stage=zero_stage,
-                             precision=precision, grad_clip=grad_clip, offload_optimizer=offload_optimizer,
-                             offload_params=offload_params, deepspeed_config=deepspeed_config),
+        engine=engine,
     )
     model = tune(cfg)
     if model is None:          # not rank 0: the main process reports
