@@ -217,7 +217,8 @@ def test_generate_first_plumbing_with_a_stand_in_generator(env, tmp_path):
     one table row per model. (The real generator is LegoPipeline; here a stand-in copies images.)"""
     import shutil
 
-    from lego_core.metrics.runner import EvalConfig, evaluate_models
+    from lego_core.evaluation import evaluate_models
+    from lego_core.metrics.runner import EvalConfig
 
     def fake_generate(shards, model, folder, **kw):
         os.makedirs(folder, exist_ok=True)
@@ -259,7 +260,7 @@ def test_generate_first_authors_postprocess_writes_jpegs_and_is_recorded(tmp_pat
     from lego_core.diffusion.build import build_from_pretrained
     from lego_core.diffusion.generate import GenerateOptions
     from lego_core.kit import make_tiny_instruct_pix2pix
-    from lego_core.metrics.generate import provenance
+    from lego_core.diffusion.generate_shards import provenance
 
     base = make_tiny_instruct_pix2pix(tmp_path / "ip2p", sample_size=8)
     build_from_pretrained(base, conditioning="label", vllm=16).save_pretrained(tmp_path / "m")

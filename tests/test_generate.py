@@ -217,7 +217,7 @@ def test_a_label_model_is_prompted_with_labels(tmp_path, monkeypatch):
     VLLM) have a description; a "description" model gets the description (lego evaluate --model)."""
     from lego_core.data.shards import ShardWriter, iter_samples
     from lego_core.diffusion.pipeline import LegoPipeline
-    from lego_core.metrics.generate import generate_folder
+    from lego_core.diffusion.generate_shards import generate_folder
 
     base = make_tiny_instruct_pix2pix(tmp_path / "ip2p", sample_size=8)
     for conditioning in ("label", "description"):

@@ -90,7 +90,8 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
       lego evaluate data/val/ --model runs/lego-joint --vllm runs/llava -o eval/
     """
     from lego_core.errors import BadInput
-    from lego_core.metrics.runner import EvalConfig, evaluate, evaluate_models
+    from lego_core.evaluation import evaluate_models
+    from lego_core.metrics.runner import EvalConfig, evaluate
     from lego_core.metrics.report import changed_region_summary, table_text
 
     if quiet(ctx):

@@ -6,8 +6,8 @@ the paper's primary metrics; the model itself is ported in `egovlp`) — each a 
 that is fed batches of matched samples and returns per-image values (and set-level values for FID).
 `matching` pairs generated images with references (folders by relative path without extension,
 shards by key), `runner` drives one or several generated sets through the metrics, `report` writes
-metrics.json / the per-sample CSV / report.html, and `generate` is the hook that produces a folder
-of generated images first (`lego evaluate SHARDS --model DIR`).
+metrics.json / the per-sample CSV / report.html. Generating images first (`lego evaluate SHARDS
+--model DIR`) is `lego_core.evaluation.evaluate_models`, above this package: metrics never generate.
 
 Importing this package is cheap: torch, transformers and lpips are imported when a metric is built.
 
@@ -22,11 +22,11 @@ ALL_METRICS = ("psnr", "psnr_changed", "lpips", "fid", "clip", "blip", "egovlp",
 DEFAULT_METRICS = tuple(m for m in ALL_METRICS if m != "psnr_changed")
 METRIC_ALIASES = {"egovlp_plus": "egovlp+", "psnr_unchanged": "psnr_changed"}
 
-__all__ = ["ALL_METRICS", "DEFAULT_METRICS", "EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"]
+__all__ = ["ALL_METRICS", "DEFAULT_METRICS", "EvalConfig", "EvalResult", "SetResult", "evaluate"]
 
 
 def __getattr__(name: str):
-    if name in ("EvalConfig", "EvalResult", "SetResult", "evaluate", "evaluate_models"):
+    if name in ("EvalConfig", "EvalResult", "SetResult", "evaluate"):
         from . import runner
 
         return getattr(runner, name)

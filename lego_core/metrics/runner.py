@@ -1,7 +1,8 @@
 """The evaluation runner: one or several generated sets against one reference, every metric batched.
 
     evaluate({"ours": "gen/"}, "shards/", EvalConfig(), out="eval/")      # --generated/--reference
-    evaluate_models(["shards/"], {"label": "m1/", "joint": "m2/"}, cfg)    # generate first, then the same
+
+Generating first (`lego evaluate SHARDS --model DIR`) is `lego_core.evaluation.evaluate_models`.
 
 Each set: match keys (`matching`), then stream the intersection in batches — images decoded in a
 thread pool one batch ahead, the generated image resized to its reference's size — through each
@@ -19,7 +20,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from lego_core.errors import BadInput
 
@@ -428,7 +429,7 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
     from lego_core.device import pick_device
 
     cfg = cfg or EvalConfig()
-    gens = _named(generated)
+    gens = named_sets(generated)
     ref = open_source(reference, "reference", max_member_mb=cfg.max_member_mb)
     try:
         sources = {name: open_source(spec, "generated", cfg.generated_field, cfg.max_member_mb)
@@ -457,7 +458,7 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
     return result
 
 
-def _named(generated) -> dict[str, object]:
+def named_sets(generated) -> dict[str, object]:
     """name → spec. Accepts a mapping, one spec, or a list of specs / "NAME=SPEC" strings."""
     import os
 
@@ -479,36 +480,3 @@ def _named(generated) -> dict[str, object]:
     if not out:
         raise BadInput("no --generated given")
     return out
-
-
-def evaluate_models(shards, models: Mapping[str, str] | Sequence[str], cfg: EvalConfig | None = None,
-                    out: str | None = None, vllm: str | None = None, progress: bool = False,
-                    generate: Callable | None = None, generate_options: dict | None = None) -> EvalResult:
-    """Generate-first mode: for each diffusion model, generate an image for every sample of
-    `shards` into `OUT/NAME/generated/{key}.png` (resumable), then evaluate exactly as `evaluate`
-    does with those folders against the shards — one table row per model."""
-    import os
-    import tempfile
-
-    from .generate import generate_folder
-
-    generate = generate or generate_folder
-    cfg = cfg or EvalConfig()
-    if cfg.egovlp or (cfg.metrics_explicit and {"egovlp", "egovlp+"} & set(cfg.metrics)) or \
-            (cfg.blip_text_encoder == "egovlp" and "blip" in cfg.metrics):
-        from .egovlp_score import default_frames, find_checkpoint
-
-        find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))  # before hours of generating
-    named = _named(models)
-    if generate is generate_folder:       # every model, before hours of generating with the first
-        from lego_core.device import looks_local
-
-        missing = [m for m in named.values() if looks_local(m) and not os.path.isdir(m)]
-        if missing:
-            raise BadInput(f"model folder not found: {missing[0]} (train one with `lego train`, or pass a diffusers folder)")
-    base = out or tempfile.mkdtemp(prefix="lego-eval-")
-    folders = {}
-    for name, model in named.items():
-        folder = os.path.join(base, name if len(named) > 1 else "", "generated")
-        folders[name] = generate(shards, model, folder, vllm=vllm, progress=progress, **(generate_options or {}))
-    return evaluate(folders, shards, cfg, out=out, progress=progress)

@@ -7,7 +7,7 @@ which `lego generate` uses too). Each sample becomes a request: the input frame 
 label as the action, the description the model was trained on (the label for a "label" model,
 else `enriched.txt`, else `curated.txt`, else the label) and — for models that need them — the
 VLLM embeddings `vllm_img.npy` / `vllm_txt.npy` from the shards, or computed with `--vllm`. Then
-`runner.evaluate` scores that folder exactly as `--generated DIR` would. Rerunning skips keys whose
+`lego_core.metrics.runner.evaluate` scores that folder exactly as `--generated DIR` would. Rerunning skips keys whose
 image exists (each PNG is written to a temp name and renamed, so a finished file is never
 half-written) when `provenance.json` says it came from the same model files and settings;
 otherwise the folder's images are made again.
