@@ -37,6 +37,7 @@ class DemoConfig:
     vae_steps: int = 400
     tune_epochs: float = 20.0
     tune_lr: float = 2e-3
+    tune_vision_tower: bool = True         # the kit's tower is random, not a pretrained CLIP: train it too
     train_steps: int = 1000                # where the action starts to steer the picture (see README)
     micro_batch: int = 16
     learning_rate: float = 1e-3
@@ -168,7 +169,8 @@ class Demo:
         run = self.path("runs", "llava")
         model = tune(TuneConfig(shards=[curated["train"]], vllm=models["llava"], out=str(run),
                                 epochs=self.cfg.tune_epochs, learning_rate=self.cfg.tune_lr, workers=0,
-                                gradient_checkpointing=False, checkpoint_every=10 ** 6, seed=self.cfg.seed,
+                                gradient_checkpointing=False, train_vision_tower=self.cfg.tune_vision_tower,
+                                checkpoint_every=10 ** 6, seed=self.cfg.seed,
                                 progress=self.cfg.progress,
                                 engine=EngineOptions(micro_batch=min(16, n_train), grad_accum=1, zero_stage=2,
                                                      precision="fp32")))

@@ -367,3 +367,27 @@ def test_real_size_presets_have_the_papers_shapes():
     assert (text.hidden_size, text.num_attention_heads, text.intermediate_size) == (5120, 40, 13824)
     assert count(llava.model.vision_tower) == 303_179_776   # CLIP ViT-L/14 vision tower
     assert llava.config.image_seq_length == 256
+
+
+def test_llava_position_codes_keep_what_and_where_legible():
+    """`position_codes=True` (the demo's VLLM): a patch's features say where it is AND what it
+    shows — an object appearing in a patch moves its feature at least as far as stepping one patch
+    along does (at CLIP's init scale the content was a third of that: the tuned VLLM could not find
+    the named object in the frame)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lego_core.kit.llava import tiny_llava
+
+    model, processor = tiny_llava(image_size=48, patch_size=8, text_hidden=128, position_codes=True)
+    counter = np.full((48, 48, 3), (70, 80, 95), np.uint8)
+    onion = counter.copy()
+    onion[8:16, 8:16] = (200, 120, 190)                       # patch (1, 1): index 7 of the 6x6 grid
+    pixels = processor.image_processor(images=[Image.fromarray(counter), Image.fromarray(onion)],
+                                       return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        f = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    what = (f[1, 7] - f[0, 7]).norm()
+    where = (f[0, 7] - f[0, 8]).norm()
+    assert where > 1 and what >= where, (float(what), float(where))

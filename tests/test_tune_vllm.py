@@ -218,6 +218,21 @@ def test_overfits_trains_projector_and_lm_not_vision_tower(llava, curated, tmp_p
     assert config["resolved"]["answer_tokens"] == "generation"
 
 
+def test_train_vision_tower_flag_trains_the_tower(llava, curated, tmp_path):
+    """A random tower (the kit's) has nothing to keep: `--train-vision-tower` trains it too."""
+    from transformers import LlavaForConditionalGeneration
+
+    run = tmp_path / "run"
+    r = run_cli("-q", "tune-vllm", str(curated), "--vllm", llava, "--out", run, "--max-steps", "2",
+                "--batch-size", "2", "--lr", "1e-2", "--zero", "2", "--train-vision-tower", *FAST)
+    assert r.exit_code == 0, r.output
+    before = LlavaForConditionalGeneration.from_pretrained(llava).state_dict()
+    after = LlavaForConditionalGeneration.from_pretrained(run / "model").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".vision_tower." in k for k in changed)
+    assert json.loads((run / "tune-config.json").read_text())["train_vision_tower"] is True
+
+
 @pytest.fixture(scope="module")
 def linear_llava(tmp_path_factory) -> Path:
     """A tiny folder as `lego import vllm` writes for LLaVA v1: "projector_type": "linear", the

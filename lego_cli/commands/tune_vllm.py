@@ -21,6 +21,8 @@ from lego_cli.common import echo_result, engine_options, quiet
 @engine_options(micro_batch=(16, "Micro-batch per device (paper: 16 per GPU)."),
                 grad_accum=(1, "Gradient accumulation steps."), zero_stage=3, offload_params=True)
 @click.option("--no-gradient-checkpointing", is_flag=True, help="Faster, but keeps every activation.")
+@click.option("--train-vision-tower", is_flag=True, help="Train the vision tower too (the paper freezes its "
+              "pretrained CLIP; for a random tower, such as the kit's tiny ones).")
 @click.option("--aspect", type=click.Choice(["crop", "pad"]), default="crop",
               help="Image preparation; use what `lego enrich` will use.")
 @click.option("--workers", default=2, help="DataLoader workers per process.")
@@ -36,7 +38,8 @@ from lego_cli.common import echo_result, engine_options, quiet
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def command(ctx, shards, vllm, out, epochs, max_steps, learning_rate, warmup_ratio, weight_decay, max_length,
-            engine, no_gradient_checkpointing, aspect, workers, shuffle_buffer, resample, checkpoint_every,
+            engine, no_gradient_checkpointing, train_vision_tower, aspect, workers, shuffle_buffer, resample,
+            checkpoint_every,
             keep_checkpoints, resume, overwrite, seed, log_every, as_json):
     """Tune a LLaVA to describe how an action is done in a scene: the input frame and a question
     (one of ten templates, drawn per sample and epoch, with the action label) -> curated.txt.
@@ -63,7 +66,8 @@ def command(ctx, shards, vllm, out, epochs, max_steps, learning_rate, warmup_rat
     cfg = TuneConfig(
         shards=list(shards), vllm=vllm, out=out, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_length=max_length,
-        gradient_checkpointing=not no_gradient_checkpointing, aspect=aspect, seed=seed, workers=workers,
+        gradient_checkpointing=not no_gradient_checkpointing, train_vision_tower=train_vision_tower, aspect=aspect,
+        seed=seed, workers=workers,
         shuffle_buffer=shuffle_buffer, resample=resample, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite, log_every=log_every,
         progress=not quiet(ctx),

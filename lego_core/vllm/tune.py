@@ -11,9 +11,10 @@ The recipe is the paper's (the authors ran LLaVA's `train_mem.py` with `zero3_of
   after the prompt; the labelled answer always ends with the tokenizer's EOS, as in LLaVA's
   recipe (added when the template has none: llava-hf's); sequences are cut at `max_length`
   (2048), answers only — a prompt never loses image tokens;
-- the CLIP vision tower is frozen; the projector and the language model (embeddings and lm_head
-  included) are trained with AdamW, lr 2e-5, weight decay 0, cosine schedule with 3 % linear
-  warmup, 3 epochs, gradient clipping 1.0, bf16 where the GPU supports it, gradient checkpointing;
+- the CLIP vision tower is frozen (`train_vision_tower` trains a random one too); the projector
+  and the language model (embeddings and lm_head included) are trained with AdamW, lr 2e-5,
+  weight decay 0, cosine schedule with 3 % linear warmup, 3 epochs, gradient clipping 1.0, bf16
+  where the GPU supports it, gradient checkpointing;
 - DeepSpeed ZeRO-3 by default (optimizer / parameter CPU offload as options), through the engine
   `lego train` uses: launch detection, atomic checkpoints with exact resume, logging;
 - the result is a transformers LLaVA folder (safetensors; ZeRO-3 partitions gathered) plus the
@@ -55,6 +56,7 @@ class TuneConfig:
     warmup_ratio: float = 0.03                    # paper: cosine schedule, 3 % linear warmup
     max_length: int = 2048                        # paper (model_max_length)
     gradient_checkpointing: bool = True           # paper
+    train_vision_tower: bool = False              # paper: frozen (a pretrained CLIP); True for a random one
     aspect: str = "crop"                          # the image preparation of `lego enrich`
     seed: int = 0
     workers: int = 2                              # DataLoader workers per rank (JPEG decoding)
@@ -83,10 +85,12 @@ def _parts(model):
     return vision, projector
 
 
-def freeze_vision_tower(model) -> list:
-    """Freeze the vision tower; return the trainable parameters (projector + language model)."""
+def freeze_vision_tower(model, freeze: bool = True) -> list:
+    """Freeze the vision tower (the paper's recipe: CLIP is pretrained); return the trainable
+    parameters (projector + language model, and the tower when `freeze` is False: a random tower,
+    as the kit's, has no features of its own worth keeping)."""
     vision, _ = _parts(model)
-    vision.requires_grad_(False)
+    vision.requires_grad_(not freeze)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -226,7 +230,7 @@ class TuneRecipe(Recipe):
         model.config.use_cache = False
         if hasattr(model.config, "text_config"):
             model.config.text_config.use_cache = False
-        params = freeze_vision_tower(model)
+        params = freeze_vision_tower(model, freeze=not cfg.train_vision_tower)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         optimizer = _optimizer(params, cfg, ds_config)
