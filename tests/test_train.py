@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import LEGO, REPO, run_cli
 from lego_core.data.shards import ShardWriter, iter_samples
-from lego_core.diffusion.train import cfg_dropout_masks
+from lego_core.diffusion.train import cfg_dropout_masks, min_snr_weights
 from lego_core.engine.launch import detect_launch, slurm_head_node
 from lego_core.kit import make_tiny_sd
 
@@ -75,6 +75,20 @@ def test_cfg_dropout_is_three_way_five_percent_each():
     image_only = ((keep_text == 1) & (keep_image == 0)).float().mean()
     for share in (text_only, both, image_only):
         assert abs(share - 0.05) < 0.003
+
+
+def test_min_snr_weights_cap_the_easy_timesteps_at_gamma_over_snr():
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    t = torch.tensor([0, 100, 400, 999])
+    a = sched.alphas_cumprod[t]
+    snr = a / (1 - a)                                        # ᾱ / (1 − ᾱ)
+    eps = min_snr_weights(sched, t, 5.0, v_prediction=False)
+    assert torch.allclose(eps, torch.minimum(snr, torch.tensor(5.0)) / snr, rtol=1e-4)
+    assert eps[0] < 0.01 and eps[-1] == 1.0                  # nearly clean: down-weighted; noisy: untouched
+    v = min_snr_weights(sched, t, 5.0, v_prediction=True)
+    assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1), rtol=1e-4)
 
 
 def test_noise_is_added_the_ddpm_way_not_the_samplers(base):

@@ -39,6 +39,7 @@ class TrainConfig:
     learning_rate: float = 1e-4                   # constant, AdamW
     weight_decay: float = 1e-2
     cfg_dropout: float = 0.05                     # text only / both / image only, 5 % each
+    snr_gamma: float | None = None                # Min-SNR loss weighting (Hang et al. 2023); None: the paper's plain MSE
     ema: bool = True
     ema_decay: float = 0.9999
     ema_update: str = "step"                      # "micro-batch": the authors' (4 updates a step at accum 4)
@@ -178,11 +179,21 @@ class DiffusionStep:
         vllm_txt = [h.to(self.device, self.dtype) for h in batch["vllm_txt"]] if "vllm_txt" in batch else None
         pred = self.engine(noisy.to(self.dtype), x.to(self.dtype), t, text.to(self.dtype), vllm_img, vllm_txt,
                            keep_text.to(self.dtype))
-        if self.scheduler.config.prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(y, noise, t)
-        else:
-            target = noise
-        return nn.functional.mse_loss(pred.float(), target.float())
+        v_prediction = self.scheduler.config.prediction_type == "v_prediction"
+        target = self.scheduler.get_velocity(y, noise, t) if v_prediction else noise
+        if self.cfg.snr_gamma is None:
+            return nn.functional.mse_loss(pred.float(), target.float())
+        return (min_snr_weights(self.scheduler, t, self.cfg.snr_gamma, v_prediction)
+                * (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-γ per-sample loss weights, min(SNR, γ) / SNR for ε (÷ (SNR + 1) for v), as diffusers'
+    training scripts compute them: the nearly noise-free timesteps, easy and many, stop dominating."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
+    return snr.clamp(max=gamma) / (snr + 1 if v_prediction else snr)
 
 
 def train(cfg: TrainConfig) -> Path | None:
