@@ -15,16 +15,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-# π's feed-forward width: PyTorch's default, which the authors kept at SD's 768-wide context.
-AUTHORS_FEEDFORWARD = 2048
-
-
-def feedforward_width(cross_attention_dim: int) -> int:
-    """The authors' 2048 at SD's width; a narrower (test-sized) UNet gets 4x its width instead, the
-    transformer's usual ratio, so a 32-wide π does not cost as much as the UNet it feeds."""
-    return min(AUTHORS_FEEDFORWARD, 4 * cross_attention_dim)
-
-
 CONDITIONINGS = ("label", "description", "description+image", "description+text", "description+joint")
 
 
@@ -55,7 +45,7 @@ class LegoConditioner(ModelMixin, ConfigMixin):
         max_text_tokens: int = 77,
         num_layers: int = 2,
         num_heads: int = 8,
-        dim_feedforward: int = AUTHORS_FEEDFORWARD,
+        dim_feedforward: int = 2048,
         dropout: float = 0.1,
     ):
         super().__init__()
