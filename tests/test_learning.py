@@ -78,6 +78,8 @@ def standin_generate(model, layouts):
 
 
 @pytest.mark.slow
+# 1000 training steps: about 11 minutes on CI's 2 cores, over the suite's 900 s per-test default
+@pytest.mark.timeout(2700)
 def test_training_learns_the_action_on_held_out_clips(tmp_path):
     from lego_core import evidence
     from lego_core.diffusion.latents import cache_for_run
