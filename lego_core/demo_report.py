@@ -14,8 +14,9 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
+
+from lego_core.atomic import write_atomic
 
 FIGURE_ROWS = 8
 
@@ -46,14 +47,14 @@ def write_learning_report(out, cases, results: dict, vllm: dict, vae: dict | Non
                      "metrics are reported"}
     metrics_file = out / "metrics.json"
     data = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    _atomic(metrics_file, json.dumps({**data, **extra}, indent=1, default=str))
+    write_atomic(metrics_file, json.dumps({**data, **extra}, indent=1, default=str))
     table = learning_table(results, vllm, vae, main)
-    _atomic(out / "learning.txt", table + "\n")
+    write_atomic(out / "learning.txt", table + "\n")
     report = out / "report.html"
     page = report.read_text(encoding="utf-8") if report.is_file() else "<html><body></body></html>"
     section = _section(results, vllm, vae, main, figure)
     page = page.replace("<body>", "<body>" + section, 1) if "<body>" in page else section + page
-    _atomic(report, page)
+    write_atomic(report, page)
     return {"table": table, "passed": extra["passed"]}
 
 
@@ -131,10 +132,3 @@ def _section(results: dict, vllm: dict, vae: dict | None, main: str, figure: Pat
         f"<h3>Ablation</h3><pre>{esc(learning_table(results, vllm, vae, main))}</pre>"
         "<h3>VLLM descriptions</h3><table border=1 cellpadding=4><tr><th>model</th><th>verb + object</th>"
         f"<th>object's place</th><th>example</th></tr>{desc}</table>{vae_line}</section><hr>")
-
-
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
