@@ -223,7 +223,10 @@ class Demo:
             # one progress bar: the main model's
             runs = {c: pool.submit(_train_in_child, self.cfg, c == MAIN, threads, enriched, models, c, n_train)
                     for c in todo}
-            return {c: self.stage(name(c), runs[c].result if c in runs else None) for c in conditionings}
+            trained = {c: self.stage(name(c), runs[c].result if c in runs else None) for c in conditionings}
+        for c in runs:   # the stage timed its wait for the result; report the training's own time
+            self.timings[name(c)] = trained[c]["seconds"]
+        return trained
 
     # -- evidence ----------------------------------------------------------------------------------
 
@@ -278,7 +281,9 @@ def _train_in_child(cfg: DemoConfig, progress: bool, threads: int, *args) -> dic
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
-    return Demo(dataclasses.replace(cfg, progress=cfg.progress and progress)).train(*args)
+    t = time.perf_counter()
+    result = Demo(dataclasses.replace(cfg, progress=cfg.progress and progress)).train(*args)
+    return {**result, "seconds": round(time.perf_counter() - t, 1)}
 
 
 # -- helpers -----------------------------------------------------------------------------------------
