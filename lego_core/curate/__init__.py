@@ -9,6 +9,7 @@ hand-written in-context examples (the paper's scheme, GPT-3.5 there). Modules:
 - `cache`:    the append-only JSONL cache of accepted answers (sample key + request hash)
 - `checks`:   response checks (empty, refusal, length, not about the action)
 - `template`: the offline fallback that writes a plain description without an LLM
+- `config`:   the run's settings (`CurateConfig`), their checks and the request each sample sends
 - `run`:      the stage itself (`curate`), shards in -> new shards with ``curated.txt`` out
 
 Importing this package is cheap: the openai package is imported only when a request is sent.
