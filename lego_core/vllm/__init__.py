@@ -8,7 +8,8 @@
   LLaVA-1.5 conversation format otherwise.
 - `describe.describe_and_embed(model, processor, images, labels, ...)`: per sample the description
   R, the image embedding H_i and the text embedding H_t (float16), batched with left padding.
-- `enrich.enrich(EnrichConfig)`: the `lego enrich` stage over shards.
+- `enrich.enrich(EnrichConfig)`: the `lego enrich` stage over shards; `enrich_plan` its bookkeeping
+  (the SLURM split, the manifest, the rejects).
 
 Importing this package is cheap: torch and transformers are imported inside the functions.
 """
