@@ -364,18 +364,19 @@ def test_cli_egovlp_scores(ckpts, gen_folder, tmp_path, monkeypatch):
 
 
 def test_default_metrics_without_checkpoint_leave_egovlp_out(gen_folder, tmp_path, monkeypatch):
-    from lego_core.metrics.runner import EvalConfig, _check_egovlp
+    from lego_core.metrics.runner import EvalConfig
+    from lego_core.metrics.selection import check_egovlp
     from lego_core.metrics.matching import open_source
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     ref = open_source(SHARDS, "reference")
     try:
-        cfg = _check_egovlp(EvalConfig(metrics=("psnr", "egovlp", "egovlp_plus")), ref, sorted(ref.keys()))
+        cfg = check_egovlp(EvalConfig(metrics=("psnr", "egovlp", "egovlp_plus")), ref, sorted(ref.keys()))
         assert cfg.metrics == ("psnr",)
         with pytest.raises(BadInput, match="egovlp.pth"):
-            _check_egovlp(EvalConfig(metrics=("egovlp",), metrics_explicit=True), ref, sorted(ref.keys()))
+            check_egovlp(EvalConfig(metrics=("egovlp",), metrics_explicit=True), ref, sorted(ref.keys()))
         with pytest.raises(BadInput, match="egovlp.pth"):  # the EgoVLP text encoder chosen by flag
-            _check_egovlp(EvalConfig(metrics=("blip",), blip_text_encoder="egovlp"), ref, sorted(ref.keys()))
+            check_egovlp(EvalConfig(metrics=("blip",), blip_text_encoder="egovlp"), ref, sorted(ref.keys()))
     finally:
         ref.close()
     assert EvalConfig(metrics=("egovlp_plus",)).metrics == ("egovlp+",)

@@ -5,7 +5,8 @@ One module per metric family — `pixel` (PSNR, and PSNR over the changed / unch
 the paper's primary metrics; the model itself is ported in `egovlp`) — each a `Metric` (see `common`)
 that is fed batches of matched samples and returns per-image values (and set-level values for FID).
 `matching` pairs generated images with references (folders by relative path without extension,
-shards by key), `runner` drives one or several generated sets through the metrics, `report` writes
+shards by key), `selection` builds the metrics a run computes (leaving out those the reference
+cannot feed), `runner` drives one or several generated sets through them, `report` writes
 metrics.json / the per-sample CSV / report.html. Generating images first (`lego evaluate SHARDS
 --model DIR`) is `lego_core.evaluation.evaluate_models`, above this package: metrics never generate.
 

@@ -27,8 +27,9 @@ from lego_core.errors import BadInput
 from . import ALL_METRICS, DEFAULT_METRICS, METRIC_ALIASES
 from .blip_score import DEFAULT_BLIP, PROMPT
 from .clip_score import DEFAULT_CLIP
-from .common import Batch, Metric, Shared, decode_image, resize_to
+from .common import Batch, Metric, decode_image, resize_to
 from .matching import Source, match, open_source
+from .selection import build_metrics, check_descriptions, check_egovlp, check_input_frames
 
 log = logging.getLogger(__name__)
 
@@ -142,48 +143,6 @@ class EvalResult:
         if self.outputs:
             out["outputs"] = self.outputs
         return out
-
-
-def build_metrics(cfg: EvalConfig, device: str, shared: Shared | None = None) -> list[Metric]:
-    """Load every metric's models once (in ALL_METRICS' order: psnr, psnr_changed, lpips, ..., egovlp+)."""
-    shared = shared or Shared()
-    out: list[Metric] = []
-    for name in ALL_METRICS:
-        if name not in cfg.metrics:
-            continue
-        if name == "psnr":
-            from .pixel import PSNR
-
-            out.append(PSNR())
-        elif name == "psnr_changed":
-            from .pixel import ChangedPSNR
-
-            out.append(ChangedPSNR())
-        elif name == "lpips":
-            from .lpips_metric import LPIPS
-
-            out.append(LPIPS(cfg.lpips_net, cfg.lpips_weights, cfg.lpips_authors_range, device))
-        elif name == "fid":
-            from .fid import FID
-
-            out.append(FID(cfg.fid_weights, cfg.fid_model, device))
-        elif name == "clip":
-            from .clip_score import ClipScore
-
-            out.append(ClipScore(cfg.clip_model, device, shared))
-        elif name == "blip":
-            from .blip_score import BlipScore
-
-            out.append(BlipScore(cfg.blip_models, cfg.clip_model, device, shared, cfg.blip_prompt, cfg.blip_beams,
-                                 cfg.blip_min_length, cfg.blip_max_length, text_encoder=cfg.blip_text_encoder,
-                                 egovlp=cfg.egovlp, egovlp_frames=cfg.egovlp_frames,
-                                 egovlp_tokenizer=cfg.egovlp_tokenizer))
-        elif name in ("egovlp", "egovlp+"):
-            from .egovlp_score import EgoVLPPlusScore, EgoVLPScore
-
-            cls = EgoVLPScore if name == "egovlp" else EgoVLPPlusScore
-            out.append(cls(cfg.egovlp, cfg.egovlp_frames, device, shared))
-    return out
 
 
 def _stats(values: list[float]) -> dict:
@@ -345,70 +304,6 @@ def _pick_and_thumb(res: SetResult, gen: Source, ref: Source, cfg: EvalConfig) -
         res.thumbs[k] = t
 
 
-def _check_descriptions(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
-    if "blip" not in cfg.metrics:
-        return cfg
-    if any(ref.texts(k)[1] for k in keys):
-        return cfg
-    msg = (f"the BLIP score needs a description per sample and {ref.path} has none "
-           "(shards: enriched.txt / curated.txt / meta.json label; folders: KEY.txt beside each reference image)")
-    if cfg.metrics_explicit:
-        raise BadInput(msg)
-    log.warning("%s: leaving BLIP out", msg)
-    from dataclasses import replace
-
-    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "blip"))
-
-
-def _check_egovlp(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
-    """EgoVLP / EgoVLP+ need the checkpoint (and EgoVLP+ the input frames). Chosen with --metrics:
-    missing → BadInput; in the default set: left out with a warning, as BLIP without descriptions."""
-    from dataclasses import replace
-
-    wanted = [m for m in ("egovlp", "egovlp+") if m in cfg.metrics]
-    if cfg.blip_text_encoder == "egovlp" and "blip" in cfg.metrics:
-        from .egovlp_score import default_frames, find_checkpoint
-
-        find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))  # chosen by flag: always fatal
-    if not wanted:
-        return cfg
-    drop: dict[str, str] = {}
-    try:
-        from .egovlp_score import default_frames, find_checkpoint
-
-        find_checkpoint(cfg.egovlp, cfg.egovlp_frames or default_frames(cfg.egovlp))
-    except BadInput as e:
-        if cfg.metrics_explicit or cfg.egovlp:
-            raise
-        drop = {m: str(e) for m in wanted}
-    if "egovlp+" in wanted and "egovlp+" not in drop and not any(ref.has_input(k) for k in keys):
-        msg = (f"EgoVLP+ needs the input frame of each sample and {ref.path} has none "
-               "(shards: input.jpg; a folder reference has no input frames)")
-        if cfg.metrics_explicit:
-            raise BadInput(msg)
-        drop["egovlp+"] = msg
-    if not drop:
-        return cfg
-    for m, why in drop.items():
-        log.warning("%s: leaving %s out", why, m)
-    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m not in drop))
-
-
-def _check_input_frames(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
-    """psnr_changed compares with the input frame: a reference without any (a folder) → BadInput
-    when chosen explicitly, else left out with a warning. Samples missing only theirs get no value."""
-    if "psnr_changed" not in cfg.metrics or any(ref.has_input(k) for k in keys):
-        return cfg
-    msg = (f"psnr_changed needs the input frame of each sample and {ref.path} has none "
-           "(shards: input.jpg; a folder reference has no input frames)")
-    if cfg.metrics_explicit:
-        raise BadInput(msg)
-    log.warning("%s: leaving psnr_changed out", msg)
-    from dataclasses import replace
-
-    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "psnr_changed"))
-
-
 def _count_unread(stats, gen: Source, ref: Source) -> None:
     """Shards (or members) the sources could not read count as skipped, so the summary says so."""
     from lego_core.data.shards import CORRUPT
@@ -436,9 +331,9 @@ def evaluate(generated: Mapping[str, object] | Sequence[object] | str, reference
                    for name, spec in gens.items()}
         matches = {name: match(src, ref) for name, src in sources.items()}  # fail fast, before loading models
         all_keys = sorted({k for mt in matches.values() for k in mt.keys})
-        cfg = _check_descriptions(cfg, ref, all_keys)
-        cfg = _check_egovlp(cfg, ref, all_keys)
-        cfg = _check_input_frames(cfg, ref, all_keys)
+        cfg = check_descriptions(cfg, ref, all_keys)
+        cfg = check_egovlp(cfg, ref, all_keys)
+        cfg = check_input_frames(cfg, ref, all_keys)
         device = pick_device(cfg.device)
         metrics = build_metrics(cfg, device)
         sets = []
