@@ -34,7 +34,7 @@ def test_sd15_key_map_names_every_weight_once():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from lego_core.importers import compvis
-    from lego_core.importers.checkpoint import SD15
+    from lego_core.importers.sd15_files import SD15
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(json.loads((SD15 / "unet_config.json").read_text()))
@@ -61,7 +61,7 @@ def test_clip_vocab_built_from_the_bpe_file(tmp_path):
     """vocab.json/merges.txt built from a CLIP-format bpe .txt.gz equal the tokenizer it came from."""
     from transformers import CLIPTokenizer
 
-    from lego_core.importers.checkpoint import clip_vocab_from_bpe, write_sd15_tokenizer
+    from lego_core.importers.sd15_files import clip_vocab_from_bpe, write_sd15_tokenizer
     from lego_core.kit import make_clip_tokenizer
 
     kit = make_clip_tokenizer(tmp_path / "kit")
@@ -78,12 +78,12 @@ def test_clip_vocab_built_from_the_bpe_file(tmp_path):
     assert tok(text, padding="max_length").input_ids == kit(text, padding="max_length").input_ids
 
 
-@pytest.mark.skipif(__import__("lego_core.importers.checkpoint", fromlist=["x"]).find_clip_bpe() is None,
+@pytest.mark.skipif(__import__("lego_core.importers.sd15_files", fromlist=["x"]).find_clip_bpe() is None,
                     reason="open_clip_torch (which ships CLIP's BPE vocabulary) is not installed")
 def test_sd15_tokenizer_from_open_clip_is_clips(tmp_path):
     from transformers import CLIPTokenizer
 
-    from lego_core.importers.checkpoint import write_sd15_tokenizer
+    from lego_core.importers.sd15_files import write_sd15_tokenizer
 
     write_sd15_tokenizer(tmp_path / "tok")
     tok = CLIPTokenizer.from_pretrained(tmp_path / "tok")

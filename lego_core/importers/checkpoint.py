@@ -34,22 +34,18 @@ import logging
 import os
 import re
 import shutil
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lego_core.errors import BadInput
 from lego_core.importers.output import check_out, install, temp_folder
+from lego_core.importers.sd15_files import base_configs, load_base_tokenizer, write_sd15_tokenizer
+from lego_core.importers.state_dict import read_state_dict
 
 from . import compvis
 
 log = logging.getLogger("lego.import")
 
-SD15 = Path(__file__).with_name("sd15")
-CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
-CLIP_HUB_TOKENIZERS = (("openai/clip-vit-large-patch14", None), ("runwayml/stable-diffusion-v1-5", "tokenizer"),
-                       ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
-                       ("timbrooks/instruct-pix2pix", "tokenizer"))
 # The authors' settings (configs/train_*.yaml: crop_res 256; configs/generate_*.yaml: steps 100).
 AUTHORS_RESOLUTION, AUTHORS_STEPS = 256, 100
 UNTRAINED_NOTE = ("the conditioner (projection_img, projection_txt, self_attn_mix) is imported as released: "
@@ -84,202 +80,6 @@ class CheckpointImport:
         out.append(f"  generate defaults (lego.json): {self.resolution} px, {self.steps} steps")
         out += [f"  note: {n}" for n in self.notes]
         return out
-
-
-# -- reading the file -----------------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> tuple[dict, str]:
-    """(tensor state dict, how it was loaded) of a `.ckpt`/`.pt`/`.safetensors` file.
-
-    Raises `BadInput` with one line for: a missing file, a file that is not a checkpoint, a
-    truncated or corrupt one, and a pickle that needs `trust_pickle` (it holds more than tensors).
-    """
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"checkpoint not found: {p}")
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        head = f.read(9)
-    if size < 9:
-        raise BadInput(f"{p}: empty or truncated file ({size} bytes), not a checkpoint")
-    n = int.from_bytes(head[:8], "little")
-    if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(p) as z:
-                z.namelist()
-        except (zipfile.BadZipFile, OSError):
-            raise BadInput(f"{p}: truncated or corrupt checkpoint (its zip archive is incomplete); "
-                           "download it again") from None
-        kind = "zip"
-    elif 0 < n < size and head[8:9] == b"{":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(p)), "safetensors"
-        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
-            raise BadInput(f"{p}: truncated or corrupt safetensors file ({_first_line(e)})") from None
-    elif head[0] == 0x80:
-        kind = "legacy"
-    else:
-        raise BadInput(f"{p}: not a PyTorch checkpoint (.ckpt/.pt zip or pickle, or .safetensors)")
-
-    import pickle
-
-    how = "weights_only"
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=kind == "zip")
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        m = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+(?:GLOBAL\s+)?([\w.]+)", text)
-        if not m:
-            raise BadInput(f"{p}: truncated or corrupt checkpoint ({_first_line(e)})") from None
-        if not trust_pickle:
-            raise BadInput(f"{p} holds Python objects besides tensors ({m.group(1)}); unpickling it can run "
-                           "code: rerun with --trust-pickle if you trust where the file came from") from None
-        how = "full pickle (--trust-pickle)"
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as e2:
-            raise BadInput(f"{p}: unpickling needs the module {e2.name!r}, which is not installed") from None
-        except Exception as e2:  # noqa: BLE001
-            raise BadInput(f"{p}: cannot unpickle ({_first_line(e2)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BadInput(f"{p}: truncated or corrupt checkpoint ({_first_line(e)})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise BadInput(f"{p}: no state_dict inside (expected a Lightning checkpoint or a plain state dict)")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
-    if not tensors:
-        raise BadInput(f"{p}: its state_dict holds no tensors")
-    return tensors, how
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-# -- SD-1.5 configs, tokenizer, scheduler -----------------------------------------------------------
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP's byte -> printable character table, as characters in CLIP's vocabulary order."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return list(bytes_to_unicode().values())
-
-
-def clip_vocab_from_bpe(path: str | os.PathLike) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's vocab.json and merges from OpenAI's `bpe_simple_vocab_16e6.txt.gz`, built the way
-    CLIP's own SimpleTokenizer builds them: 256 byte symbols, the same with `</w>`, one token per
-    merge (the first 48,894 merges), then `<|startoftext|>` and `<|endoftext|>` (49,408 tokens)."""
-    import gzip
-
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1: 49152 - 256 - 2 + 1] if line.strip()]
-    if not merges or any(len(m) != 2 for m in merges):
-        raise BadInput(f"{path}: not a CLIP BPE merges file")
-    symbols = _bytes_to_unicode()
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges
-
-
-def find_clip_bpe() -> Path | None:
-    """open_clip's bundled `bpe_simple_vocab_16e6.txt.gz`, without importing open_clip."""
-    import importlib.util
-
-    for name in ("open_clip", "clip"):
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        if spec and spec.origin:
-            candidate = Path(spec.origin).parent / CLIP_BPE
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def write_sd15_tokenizer(folder: str | os.PathLike, source: str | os.PathLike | None = None) -> str:
-    """Write SD-1.5's tokenizer folder (CLIPTokenizer, 77 tokens) into `folder`; return where its
-    vocabulary came from. `source`: a CLIP BPE `.txt.gz` or a CLIP tokenizer folder; by default
-    open_clip's bundled BPE file, else a CLIP tokenizer in the Hugging Face cache."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copyfile(SD15 / "tokenizer" / name, folder / name)
-    if source is not None and Path(source).is_dir():
-        tok = CLIPTokenizer.from_pretrained(str(source))
-        tok.model_max_length = 77
-        tok.save_pretrained(folder)
-        return str(source)
-    bpe = Path(source) if source is not None else find_clip_bpe()
-    if bpe is not None:
-        if not bpe.is_file():
-            raise BadInput(f"tokenizer source not found: {bpe}")
-        vocab, merges = clip_vocab_from_bpe(bpe)
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n",
-                                           encoding="utf-8")
-        return str(bpe)
-    for repo, sub in CLIP_HUB_TOKENIZERS:
-        try:
-            tok = CLIPTokenizer.from_pretrained(repo, subfolder=sub or "", local_files_only=True)
-        except Exception:  # noqa: BLE001 - not in the cache
-            continue
-        tok.model_max_length = 77
-        tok.save_pretrained(folder)
-        return f"{repo} (Hugging Face cache)"
-    raise BadInput("no CLIP BPE vocabulary here: `pip install open_clip_torch` (it ships "
-                   f"{CLIP_BPE}), or pass --tokenizer with that file or a CLIP tokenizer folder")
-
-
-def load_base_tokenizer(base: str | os.PathLike, folder: Path):
-    """The base's tokenizer (copied to `folder`), loaded with the class the base declares in its
-    model_index.json (else the one its tokenizer_config.json names): loading a non-CLIP tokenizer
-    as CLIPTokenizer would turn every prompt into unknown tokens."""
-    import transformers
-
-    declared = None
-    try:
-        entry = json.loads((Path(base) / "model_index.json").read_text()).get("tokenizer")
-        declared = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
-    except (OSError, ValueError, AttributeError):
-        pass
-    cls = getattr(transformers, declared, None) if declared else transformers.AutoTokenizer
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise BadInput(f"{base}/model_index.json declares tokenizer class {declared!r}, which transformers "
-                       "does not have: give --tokenizer with a CLIP tokenizer")
-    try:
-        return cls.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError) as e:
-        raise BadInput(f"cannot load the tokenizer of {base} as {declared or 'declared'}: {_first_line(e)}") from None
-
-
-def _base_configs(base: str | os.PathLike | None) -> dict:
-    """unet / vae / text_encoder / scheduler configs: from `base` (a diffusers folder) or SD-1.5's."""
-    if base is None:
-        files = {"unet": SD15 / "unet_config.json", "vae": SD15 / "vae_config.json",
-                 "text_encoder": SD15 / "text_encoder_config.json", "scheduler": SD15 / "scheduler_config.json"}
-    else:
-        b = Path(base)
-        files = {"unet": b / "unet" / "config.json", "vae": b / "vae" / "config.json",
-                 "text_encoder": b / "text_encoder" / "config.json",
-                 "scheduler": b / "scheduler" / "scheduler_config.json"}
-    out = {}
-    for part, f in files.items():
-        if not f.is_file():
-            raise BadInput(f"--base {base}: no {part} config at {f}")
-        out[part] = json.loads(f.read_text())
-    return out
 
 
 # -- building the models ---------------------------------------------------------------------------
@@ -335,7 +135,7 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
     torch_dtype = getattr(torch, dtype)
     out = Path(out)
     check_out(out, overwrite)
-    configs = _base_configs(base)
+    configs = base_configs(base)
     quiet_loading()
     src = str(path)
     state, how = read_state_dict(path, trust_pickle=trust_pickle)

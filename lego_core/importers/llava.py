@@ -122,7 +122,7 @@ class LlavaImport:
 
 
 def _read_weights(folder: Path, trust_pickle: bool) -> dict:
-    from lego_core.importers.checkpoint import read_state_dict
+    from lego_core.importers.state_dict import read_state_dict
 
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
