@@ -169,25 +169,64 @@ def _tower(name: str, override) -> Path | str:
     return name
 
 
+@dataclass
+class _Layout:
+    """How the original model is wired, read from its config.json (and the options)."""
+
+    projector: str                 # "linear" | "mlp2x_gelu"
+    strategy: str                  # transformers' vision_feature_select_strategy: "default" (patches) | "full"
+    layer: int                     # the vision tower layer whose features are projected
+    conversation: str              # the chat template's name (CONVERSATIONS)
+
+
 def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_tower: str | os.PathLike | None = None,
                  trust_pickle: bool = False, dtype: str = "float16", conversation: str | None = None,
                  overwrite: bool = False) -> LlavaImport:
     """Convert an original-layout LLaVA folder into a transformers LLaVA folder at `out`."""
-    from accelerate import init_empty_weights
-    from transformers import (
-        AddedToken,
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionModel,
-        GenerationConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaProcessor,
-    )
-
     from lego_core.diffusion.build import quiet_loading
 
     src = Path(folder)
+    cfg = _read_source_config(src)
+    tower_name = cfg.get("mm_vision_tower") or cfg.get("vision_tower")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise BadInput(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
+    out = Path(out)
+    check_out(out, overwrite)
+    layout = _layout(src, cfg, conversation)
+    notes: list[str] = []
+    if cfg.get("image_aspect_ratio") == "pad":
+        notes.append("the model was tuned with image_aspect_ratio=pad: run enrich with --aspect pad")
+    quiet_loading()
+
+    state = _read_llava_weights(src, trust_pickle, layout.projector)
+    tower_ref = _tower(tower_name, vision_tower)
+    tower, image_processor = _load_tower(src, tower_ref, state, notes)
+    if int(cfg.get("mm_hidden_size", tower.config.hidden_size)) != tower.config.hidden_size:
+        raise BadInput(f"{src}: mm_hidden_size {cfg.get('mm_hidden_size')} but the vision tower {tower_ref} "
+                       f"has width {tower.config.hidden_size}")
+    old_vocab = int(state["model.embed_tokens.weight"].shape[0])
+    tokenizer, image_id = _prepare_tokenizer(src, old_vocab, notes)
+    vocab = max(len(tokenizer), old_vocab)
+
+    config = _llava_config(cfg, tower.config, tokenizer, vocab, image_id, layout)
+    model = _empty_model(config)
+    new = _converted_weights(state, tower, layout.projector, vocab - old_vocab)
+    _load_weights(model, new, src, getattr(torch, dtype))
+    model.generation_config = _generation_config(src, tokenizer, old_vocab, vocab)
+
+    processor = _processor(image_processor, tokenizer, tower.config, layout)
+    summary = LlavaImport(
+        source=str(src.resolve()), out=str(out), projector=layout.projector, vision_tower=str(tower_ref),
+        vision_feature_layer=layout.layer, vision_feature_select_strategy=layout.strategy,
+        conversation=layout.conversation, image_token_id=int(image_id), vocab_added=int(vocab - old_vocab),
+        dtype=dtype, notes=notes,
+    )
+    _save(model, processor, summary, out)
+    return summary
+
+
+def _read_source_config(src: Path) -> dict:
+    """The original folder's config.json, refused (one line) when it is not an original-layout LLaVA."""
     if not (src / "config.json").is_file():
         raise BadInput(f"{src}: no config.json; expected an original LLaVA folder (haotian-liu/LLaVA layout)")
     try:
@@ -196,34 +235,33 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
         raise BadInput(f"{src}/config.json: not valid JSON ({e})") from None
     if "text_config" in cfg and cfg.get("model_type") == "llava":
         raise BadInput(f"{src} is already a transformers LLaVA folder: use it directly with --vllm")
-    tower_name = cfg.get("mm_vision_tower") or cfg.get("vision_tower")
-    if not tower_name:
+    if not (cfg.get("mm_vision_tower") or cfg.get("vision_tower")):
         raise BadInput(f"{src}/config.json names no mm_vision_tower: not an original-layout LLaVA folder")
     if cfg.get("mm_use_im_start_end"):
         raise BadInput(f"{src}: mm_use_im_start_end=true (image start/end tokens) is not supported")
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise BadInput(f"--dtype must be float32, float16 or bfloat16, not {dtype!r}")
-    torch_dtype = getattr(torch, dtype)
-    out = Path(out)
-    check_out(out, overwrite)
+    return cfg
+
+
+def _layout(src: Path, cfg: dict, conversation: str | None) -> _Layout:
+    """The projector, the vision features and the chat format; the conversation, when not given,
+    from the model's name (a Llama-2 chat model or LLaVA v1's)."""
     projector = cfg.get("mm_projector_type") or "linear"
     if projector not in ("linear", "mlp2x_gelu"):
         raise BadInput(f"{src}: mm_projector_type {projector!r} is not supported (linear or mlp2x_gelu)")
     select_feature = cfg.get("mm_vision_select_feature", "patch")
     if select_feature not in ("patch", "cls_patch"):
         raise BadInput(f"{src}: mm_vision_select_feature {select_feature!r} is not supported (patch or cls_patch)")
-    strategy = "default" if select_feature == "patch" else "full"
-    layer = int(cfg.get("mm_vision_select_layer", -2))
     if conversation is None:
         named = (str(cfg.get("_name_or_path", "")) + " " + src.resolve().name).lower()
         conversation = "llava_llama_2" if "llama-2" in named or "llama_2" in named else "llava_v1"
     if conversation not in CONVERSATIONS:
         raise BadInput(f"conversation must be one of {', '.join(CONVERSATIONS)}, not {conversation!r}")
-    notes: list[str] = []
-    if cfg.get("image_aspect_ratio") == "pad":
-        notes.append("the model was tuned with image_aspect_ratio=pad: run enrich with --aspect pad")
-    quiet_loading()
+    return _Layout(projector, "default" if select_feature == "patch" else "full",
+                   int(cfg.get("mm_vision_select_layer", -2)), conversation)
 
+
+def _read_llava_weights(src: Path, trust_pickle: bool, projector: str) -> dict:
+    """Every tensor of the checkpoint, refused when the Llama or projector weights are missing."""
     state = _read_weights(src, trust_pickle)
     for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
         if k not in state:
@@ -234,8 +272,14 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
     for k in proj_keys:
         if k not in state:
             raise BadInput(f"{src}: projector weight {k} missing (mm_projector_type {projector})")
+    return state
 
-    tower_ref = _tower(tower_name, vision_tower)
+
+def _load_tower(src: Path, tower_ref: Path | str, state: dict, notes: list[str]):
+    """(CLIP vision tower, its image processor): the named tower, with the weights the LLaVA
+    checkpoint saved for it when it has them."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
     try:
         tower = CLIPVisionModel.from_pretrained(str(tower_ref), local_files_only=True)
         image_processor = CLIPImageProcessor.from_pretrained(str(tower_ref), local_files_only=True)
@@ -245,33 +289,40 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
     tower_state = {k[len("model.vision_tower.vision_tower."):]: v for k, v in state.items()
                    if k.startswith("model.vision_tower.vision_tower.")}
     if tower_state:   # the tower saved inside the LLaVA checkpoint wins over the named one
-        tower_state = {k[len("vision_model."):] if k.startswith("vision_model.") else k: v
-                       for k, v in tower_state.items()}
-        own = tower.state_dict()
-        absent = [k for k in own if k not in tower_state]
-        unknown = [k for k in tower_state if k not in own and not k.endswith("position_ids")]
-        if absent or unknown:
-            which = f"no {absent[0]}" if absent else f"an unknown {unknown[0]}"
-            raise BadInput(f"{src}: its vision-tower weights (model.vision_tower.*) do not fit the tower "
-                           f"{tower_ref}: {len(own) - len(absent)} of its {len(own)} tensors match ({which}); "
-                           f"pass --vision-tower DIR with the tower the model was tuned with")
-        for k, v in own.items():
-            if tuple(tower_state[k].shape) != tuple(v.shape):
-                raise BadInput(f"{src}: vision-tower weight {k} has shape {list(tower_state[k].shape)}, the tower "
-                               f"{tower_ref} has {list(v.shape)}; pass --vision-tower DIR with the tower it was "
-                               f"tuned with")
-        tower.load_state_dict({k: tower_state[k] for k in own})
-        notes.append(f"vision tower weights taken from the LLaVA checkpoint (all {len(own)} tensors)")
-    vc = tower.config
-    if int(cfg.get("mm_hidden_size", vc.hidden_size)) != vc.hidden_size:
-        raise BadInput(f"{src}: mm_hidden_size {cfg.get('mm_hidden_size')} but the vision tower {tower_ref} "
-                       f"has width {vc.hidden_size}")
+        _load_saved_tower(src, tower, tower_ref, tower_state)
+        notes.append(f"vision tower weights taken from the LLaVA checkpoint (all {len(tower.state_dict())} tensors)")
+    return tower, image_processor
+
+
+def _load_saved_tower(src: Path, tower, tower_ref: Path | str, tower_state: dict) -> None:
+    """Load the checkpoint's own vision-tower weights, refused unless they fit the tower exactly."""
+    tower_state = {k[len("vision_model."):] if k.startswith("vision_model.") else k: v
+                   for k, v in tower_state.items()}
+    own = tower.state_dict()
+    absent = [k for k in own if k not in tower_state]
+    unknown = [k for k in tower_state if k not in own and not k.endswith("position_ids")]
+    if absent or unknown:
+        which = f"no {absent[0]}" if absent else f"an unknown {unknown[0]}"
+        raise BadInput(f"{src}: its vision-tower weights (model.vision_tower.*) do not fit the tower "
+                       f"{tower_ref}: {len(own) - len(absent)} of its {len(own)} tensors match ({which}); "
+                       f"pass --vision-tower DIR with the tower the model was tuned with")
+    for k, v in own.items():
+        if tuple(tower_state[k].shape) != tuple(v.shape):
+            raise BadInput(f"{src}: vision-tower weight {k} has shape {list(tower_state[k].shape)}, the tower "
+                           f"{tower_ref} has {list(v.shape)}; pass --vision-tower DIR with the tower it was "
+                           f"tuned with")
+    tower.load_state_dict({k: tower_state[k] for k in own})
+
+
+def _prepare_tokenizer(src: Path, old_vocab: int, notes: list[str]):
+    """(tokenizer, `<image>`'s id): the source tokenizer with `<image>` added, tokenizing the text
+    after a special token as the original did, padding on the left."""
+    from transformers import AddedToken, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(src))
     except (OSError, ValueError) as e:
         raise BadInput(f"{src}: cannot load its tokenizer ({str(e).splitlines()[0][:120]})") from None
-    old_vocab = int(state["model.embed_tokens.weight"].shape[0])
     image_is_new = IMAGE_TOKEN not in tokenizer.get_vocab()
     if image_is_new:
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
@@ -287,26 +338,38 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     tokenizer.padding_side = "left"
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vocab = max(len(tokenizer), old_vocab)
     if image_is_new and image_id < old_vocab:    # a padded embedding matrix: no real token uses that row
         notes.append(f"<image> (id {image_id}) takes a padding row of the checkpoint's {old_vocab}-row embedding "
                      f"matrix (its tokenizer has {len(tokenizer) - 1} tokens); the padding rows are kept as they are")
+    return tokenizer, image_id
+
+
+def _llava_config(cfg: dict, vision_config, tokenizer, vocab: int, image_id: int, layout: _Layout):
+    """transformers' LlavaConfig for the model: the source's Llama settings, the tower's config."""
+    from transformers import LlamaConfig, LlavaConfig
 
     llama = {k: cfg[k] for k in _LLAMA_KEYS if k in cfg}
     llama.update(vocab_size=vocab, tie_word_embeddings=False)
     llama.setdefault("pad_token_id", tokenizer.pad_token_id)
-    text_config = LlamaConfig(**llama)
-    n_patches = (vc.image_size // vc.patch_size) ** 2
-    config = LlavaConfig(
-        vision_config=vc.to_dict(), text_config=text_config.to_dict(), image_token_index=image_id,
-        vision_feature_layer=layer, vision_feature_select_strategy=strategy,
-        image_seq_length=n_patches + (strategy == "full"), projector_hidden_act="gelu",
-        tie_word_embeddings=False, **({"projector_type": "linear"} if projector == "linear" else {}),
+    n_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    return LlavaConfig(
+        vision_config=vision_config.to_dict(), text_config=LlamaConfig(**llama).to_dict(), image_token_index=image_id,
+        vision_feature_layer=layout.layer, vision_feature_select_strategy=layout.strategy,
+        image_seq_length=n_patches + (layout.strategy == "full"), projector_hidden_act="gelu",
+        tie_word_embeddings=False, **({"projector_type": "linear"} if layout.projector == "linear" else {}),
     )
-    cls = llava_model_class(config)
-    with init_empty_weights():
-        model = cls(config)
 
+
+def _empty_model(config):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return llava_model_class(config)(config)
+
+
+def _converted_weights(state: dict, tower, projector: str, added: int) -> dict:
+    """The original's tensors under transformers' LLaVA names; `added` new vocabulary rows get
+    the mean input embedding and a zero output row (the model never emits them)."""
     new: dict = {}
     for k, v in state.items():
         if k.startswith(("model.mm_projector.", "model.vision_tower.")) or k.endswith("rotary_emb.inv_freq"):
@@ -324,13 +387,17 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
                 new[f"model.multi_modal_projector.{name}.{p}"] = state[f"model.mm_projector.{i}.{p}"]
     for k, v in tower.state_dict().items():
         new["model.vision_tower." + k] = v
-    added = vocab - old_vocab
     if added:
         emb = new["model.language_model.embed_tokens.weight"]
         head = new["lm_head.weight"]
         new["model.language_model.embed_tokens.weight"] = torch.cat([emb, emb.float().mean(0, keepdim=True)
                                                                      .to(emb.dtype).expand(added, -1)])
         new["lm_head.weight"] = torch.cat([head, head.new_zeros(added, head.shape[1])])
+    return new
+
+
+def _load_weights(model, new: dict, src: Path, torch_dtype) -> None:
+    """Load the converted tensors, refused (one line) unless they fit the config exactly."""
     own = model.state_dict()
     missing = [k for k in own if k not in new]
     unexpected = [k for k in new if k not in own]
@@ -344,6 +411,11 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
     model.load_state_dict({k: v.to(torch_dtype) for k, v in new.items()}, strict=True, assign=True)
     model.eval()
 
+
+def _generation_config(src: Path, tokenizer, old_vocab: int, vocab: int):
+    """The source's generation settings with the tokenizer's special ids; the added rows suppressed."""
+    from transformers import GenerationConfig
+
     gen_kwargs = {}
     if (src / "generation_config.json").is_file():
         gen_kwargs = GenerationConfig.from_pretrained(str(src)).to_diff_dict()
@@ -351,20 +423,23 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
     gen.bos_token_id = tokenizer.bos_token_id
     gen.eos_token_id = tokenizer.eos_token_id
     gen.pad_token_id = tokenizer.pad_token_id
-    if added:
+    if vocab > old_vocab:
         gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(range(old_vocab, vocab)))
-    model.generation_config = gen
+    return gen
 
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=vc.patch_size,
-        vision_feature_select_strategy=strategy, num_additional_image_tokens=1,
-        chat_template=CONVERSATIONS[conversation], image_token=IMAGE_TOKEN,
+
+def _processor(image_processor, tokenizer, vision_config, layout: _Layout):
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=layout.strategy, num_additional_image_tokens=1,
+        chat_template=CONVERSATIONS[layout.conversation], image_token=IMAGE_TOKEN,
     )
-    summary = LlavaImport(
-        source=str(src.resolve()), out=str(out), projector=projector, vision_tower=str(tower_ref),
-        vision_feature_layer=layer, vision_feature_select_strategy=strategy, conversation=conversation,
-        image_token_id=int(image_id), vocab_added=int(added), dtype=dtype, notes=notes,
-    )
+
+
+def _save(model, processor, summary: LlavaImport, out: Path) -> None:
+    """Write the folder under a temp name and install it at `out` (see `importers.output`)."""
     tmp = temp_folder(out)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -374,4 +449,3 @@ def import_llava(folder: str | os.PathLike, out: str | os.PathLike, *, vision_to
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return summary
