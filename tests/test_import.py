@@ -279,7 +279,7 @@ def test_import_vllm_generates_what_the_original_does(original_llava, tmp_path):
     (res,) = describe_and_embed(model, processor, [image], ["cut onion"], greedy=True, max_new_tokens=3)
     assert res.image_embeds.shape == (16, 64) and res.text_embeds.shape[1] == 64
     # ... asking the authors' question in their llava_llama_2 conversation, word for word
-    from lego_core.importers.llava import LLAVA_LLAMA_2_SYSTEM
+    from lego_core.importers.llava_chat import LLAVA_LLAMA_2_SYSTEM
 
     assert res.question == "How does the person properly cut onion that is displayed in the video frame?"
     assert build_prompt(processor, res.question) == (f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n<image>\n"
@@ -319,7 +319,7 @@ def _tokenizer_image_token(prompt, tokenizer, image_id, n_image):
 def test_import_vllm_prompts_tokenize_as_llava_tokenizer_image_token(original_llava, tmp_path):
     """The imported processor's input ids are the original's: the '▁' SentencePiece puts at the start
     of the chunk after the image (and after '</s><s>' in a multi-turn conversation) is kept."""
-    from lego_core.importers.llava import LLAVA_LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
+    from lego_core.importers.llava_chat import LLAVA_LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
     from lego_core.vllm.load import load_vllm
     from lego_core.vllm.prompting import build_prompt
 

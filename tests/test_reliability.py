@@ -501,7 +501,7 @@ def test_import_with_a_base_keeps_the_base_tokenizer_class(tmp_path, plain_ckpt)
 
 
 def test_export_starts_from_an_empty_partial_folder(tmp_path):
-    from lego_core.diffusion.train import save_replacing
+    from lego_core.diffusion.export import save_replacing
 
     class Pipe:
         def save_pretrained(self, folder):

@@ -2,6 +2,8 @@
 
 The recipe is the paper's (InstructPix2Pix-style), with the authors' bug fixed: σ, μ and π (the
 conditioner) are trained together with the UNet; the VAE and the CLIP text encoder stay frozen.
+The EMA and the export are `diffusion.export`, validation `diffusion.validation`; the loop itself
+(resume, checkpoints, logging) is `engine.loop`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lego_core.diffusion.build import write_model_info
+from lego_core.diffusion.export import ema_inputs, export_pipeline, load_ema
+from lego_core.diffusion.validation import validate
 from lego_core.errors import BadInput
 from lego_core.engine.config import EngineOptions
 from lego_core.engine.loop import Recipe, run_training
@@ -276,7 +279,7 @@ class DiffusionRecipe(Recipe):
 
     def resume(self, checkpoint: Path) -> None:
         if self.ema is not None:
-            _load_ema(self.ema, checkpoint / self.ema_file)
+            load_ema(self.ema, checkpoint / self.ema_file)
 
     def announce(self, total: int, n_samples: int) -> None:
         log.info(plan_text(self.cfg, total, n_samples, self.world))
@@ -313,7 +316,7 @@ class DiffusionRecipe(Recipe):
         if self.ema is not None and cfg.ema_update == "step":
             self.ema.step(ema_inputs(self.params, self.zero3))
         if cfg.val_shards and step % cfg.val_every == 0:
-            _validate(cfg, self.step_fn, self.pipe, engine, self.run, step, logger, self.rank, self.zero3)
+            validate(cfg, self.step_fn, self.pipe, engine, self.run, step, logger, self.rank, self.zero3)
 
     def checkpoint_extra(self):
         return ({self.ema_file: self.ema.state_dict()} if self.ema is not None else None), self.zero3
@@ -322,7 +325,7 @@ class DiffusionRecipe(Recipe):
         cfg = self.cfg
         info = {"resolution": cfg.resolution, "validation_steps": cfg.val_steps, "conditioning": cfg.conditioning,
                 "training_steps": step}
-        return _export(self.pipe, self.denoiser, engine, self.params, self.ema, folder, self.rank, self.zero3, info)
+        return export_pipeline(self.pipe, self.denoiser, engine, self.params, self.ema, folder, self.rank, self.zero3, info)
 
     def close(self) -> None:
         if self.keys_out is not None:
@@ -330,141 +333,3 @@ class DiffusionRecipe(Recipe):
             self.keys_out = None
 
 
-def ema_targets(params, zero3: bool) -> list:
-    """The tensors holding this rank's current weights: the parameters, or under ZeRO-3 each one's
-    partition (`ds_tensor`, which the optimizer updates, then gathers from)."""
-    return [p.ds_tensor for p in params] if zero3 else list(params)
-
-
-def ema_inputs(params, zero3: bool) -> list:
-    """`ema_targets` as fp32 views for diffusers' EMAModel, which averages only tensors that
-    require grad and *copies* the others: a detached copy would make the "EMA" the raw weights."""
-    return [t.detach().float().requires_grad_() for t in ema_targets(params, zero3)]
-
-
-def _load_ema(ema, path: Path) -> None:
-    """Restore the EMA from a checkpoint; start it afresh (with a warning) if it is missing or its
-    shapes differ (e.g. a ZeRO-3 run resumed with another number of ranks)."""
-    if not path.is_file():
-        log.warning("%s: no EMA in this checkpoint; the EMA restarts from the current weights", path.parent.name)
-        return
-    from lego_core.engine.checkpoint import load_trusted_tensors
-
-    state = load_trusted_tensors(path, "the EMA")
-    if state is None:
-        log.warning("%s: the EMA restarts from the current weights", path.parent.name)
-        return
-    saved = state.get("shadow_params", [])
-    if len(saved) != len(ema.shadow_params) or any(a.shape != b.shape for a, b in zip(saved, ema.shadow_params)):
-        log.warning("%s: its EMA does not fit this run (another world size under ZeRO-3?); the EMA restarts "
-                    "from the current weights", path)
-        return
-    ema.load_state_dict(state)
-
-
-def _export(pipe, denoiser, engine, params, ema, folder: Path, rank: int, zero3: bool, info: dict) -> Path:
-    """The final (EMA) weights as a LegoPipeline folder that `lego generate` loads, with `info`
-    (resolution, validation steps) in its lego.json so generation defaults to them."""
-    import deepspeed
-    import torch.distributed as dist
-    from diffusers import EulerAncestralDiscreteScheduler
-
-    if ema is not None:
-        ema.copy_to(ema_targets(params, zero3))
-        if zero3:  # "persistent" small parameters stay gathered; release them so the gather below reads the EMA
-            from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-            for p in params:
-                if p.ds_status == ZeroParamStatus.AVAILABLE:
-                    p.partition()
-    gather = deepspeed.zero.GatheredParameters(list(denoiser.parameters()), modifier_rank=None) if zero3 else _null()
-    with gather:
-        if rank == 0:
-            pipe.unet, pipe.conditioner = denoiser.unet, denoiser.conditioner
-            for part in (pipe.unet, pipe.conditioner):
-                if part is not None and part.dtype != torch.float32:
-                    part.to(torch.float32)
-            pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
-            save_replacing(pipe, folder, info)
-    if dist.is_initialized():
-        dist.barrier()
-    return folder
-
-
-def save_replacing(pipe, folder: Path, info: dict) -> None:
-    """`pipe.save_pretrained` (and `lego.json`) into `folder.partial`, emptied first (a killed
-    export's files must not end up in the model), then swapped in for `folder`."""
-    import shutil
-
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    write_model_info(tmp, **info)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-@torch.no_grad()
-def _validate(cfg, step_fn, pipe, engine, run, step, logger, rank, zero3):
-    """Validation loss on fixed noise, and a grid (input | generated | target) of a few samples."""
-    from lego_core.data.shards import iter_samples
-    from lego_core.diffusion.data import DecodeSample, collate, required_fields
-
-    decode = DecodeSample(cfg.conditioning, cfg.resolution, cached_latents=cfg.cached_latents)
-    samples = [decode(s) for _, s in zip(range(cfg.val_samples), iter_samples(
-        cfg.val_shards, require=required_fields(cfg.conditioning, cfg.cached_latents)))]
-    if not samples:
-        return
-    batch = collate(samples)
-    engine.eval()  # no dropout in the loss or the samples
-    try:
-        # Fixed noise for a comparable loss, without touching the training RNG on any device.
-        with torch.random.fork_rng(devices=[step_fn.device] if torch.device(step_fn.device).type == "cuda" else []):
-            torch.manual_seed(1234)
-            val_loss = step_fn.loss(batch).item()
-        logger.event("validation", step=step, val_loss=val_loss)
-        if rank == 0 and not zero3 and not cfg.cached_latents:
-            _sample_grid(cfg, pipe, engine.module, samples, run, step, logger)
-    finally:
-        engine.train()
-
-
-def _sample_grid(cfg, pipe, module, samples, run, step, logger):
-    """input | generated | target for the validation samples, saved under RUN/samples/."""
-    from PIL import Image
-
-    from lego_core.diffusion.pipeline import LegoPipeline
-
-    gen = LegoPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=module.unet,
-                       scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config),
-                       conditioner=module.conditioner)
-    gen.set_progress_bar_config(disable=True)
-    rows = []
-    for i, s in enumerate(samples):
-        to_pil = lambda t: Image.fromarray(((t.permute(1, 2, 0).float().numpy() + 1) * 127.5).clip(0, 255).astype("uint8"))
-        x = to_pil(s["input"])
-        kw = {}
-        if "vllm_img" in s:
-            kw["vllm_image_embeds"] = s["vllm_img"][None].to(module.unet.dtype)
-        if "vllm_txt" in s:
-            kw["vllm_text_embeds"] = [s["vllm_txt"].to(module.unet.dtype)]
-        out = gen(s["text"], x, num_inference_steps=cfg.val_steps, generator=torch.Generator().manual_seed(i), **kw).images[0]
-        rows.append([x, out, to_pil(s["target"])])
-    r = cfg.resolution
-    grid = Image.new("RGB", (3 * r, len(rows) * r))
-    for j, row in enumerate(rows):
-        for k, im in enumerate(row):
-            grid.paste(im.resize((r, r)), (k * r, j * r))
-    path = run / "samples" / f"step-{step:08d}.jpg"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path, quality=90)
-    logger.event("samples", step=step, path=str(path))
-    logger.image("samples", path, step)
