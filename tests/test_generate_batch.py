@@ -79,6 +79,32 @@ def test_batch_file_with_n_images_names_by_key_and_resumes(model, frame, tmp_pat
     assert "1 request(s) already had an image" in again.stderr
 
 
+def test_generate_batch_from_python_does_what_the_batch_command_does(model, frame, tmp_path):
+    """The stage called from Python writes the same files, returns the records `--json` prints and
+    skips / resumes as the command does."""
+    from lego_core.diffusion.generate import ActionFrameGenerator, GenerateOptions, read_batch_file
+    from lego_core.diffusion.generate_files import generate_batch
+
+    requests = tmp_path / "req.jsonl"
+    requests.write_text("\n".join(json.dumps(r) for r in [
+        {"key": "k1", "image": str(frame), "prompt": "cut onion"},
+        {"key": "k2", "image": str(frame), "prompt": "  "},
+        {"key": "k1", "image": str(frame), "prompt": "open fridge"},
+    ]) + "\n")
+    cli = run_cli("generate", "--batch", requests, "--model", model, "-o", tmp_path / "cli", "--json", *FAST)
+    assert cli.exit_code == 0, cli.output
+    generator = ActionFrameGenerator(str(model), None, GenerateOptions(steps=2, size=64, progress=False))
+    summary = generate_batch(generator, read_batch_file(requests), tmp_path / "py")
+    assert [r["output"].split("/")[-1] for r in summary.records] == ["k1.png"]
+    assert [{**r, "output": None} for r in summary.records] == \
+        [{**json.loads(x), "output": None} for x in cli.stdout.splitlines()]
+    assert np.abs(pixels(tmp_path / "py" / "k1.png") - pixels(tmp_path / "cli" / "k1.png")).max() <= 2
+    assert [f"lego: {line}" for line in summary.lines()] == [x for x in cli.stderr.splitlines() if x.startswith("lego:")]
+    assert [key for key, _ in summary.skipped] == ["k2", "k1"]
+    again = generate_batch(generator, read_batch_file(requests), tmp_path / "py")
+    assert (again.records, again.already_done) == ([], 1)
+
+
 def test_size_and_steps_default_to_what_the_model_folder_records(model, frame, tmp_path):
     import shutil
 

@@ -39,8 +39,9 @@ def command(ctx, image, prompts, model, vllm, out, generate_options, batch_file,
       lego generate --batch requests.jsonl --model runs/lego/model -o generated/ --json
     """
     from lego_core.diffusion.generate import (
-        ActionFrameGenerator, GenerateOptions, Request, load_image, output_paths, read_batch_file, resolve_model,
+        ActionFrameGenerator, GenerateOptions, load_image, output_paths, read_batch_file, resolve_model,
     )
+    from lego_core.diffusion.generate_files import generate_batch, generate_prompts
     from lego_core.errors import BadInput
 
     options = GenerateOptions(**generate_options, progress=not quiet(ctx))
@@ -58,63 +59,15 @@ def command(ctx, image, prompts, model, vllm, out, generate_options, batch_file,
     # One shot: the VLLM describes everything, is freed, then the diffusion model gets the memory.
     generator = ActionFrameGenerator(resolve_model(model), vllm, options, keep_vllm=False)
 
-    def report(files, result):
-        for path, seed in zip(files, result.seeds):
-            record = {"output": str(path), "prompt": result.prompt, "description": result.description, "seed": seed,
-                      "steps": generator.steps, "size": generator.size, "model": generator.model_name,
-                      **({"key": result.key} if result.key else {}),
-                      **({"question": result.question} if result.question else {})}
-            click.echo(json.dumps(record) if as_json else str(path))
+    def report(records, result):
+        for record in records:
+            click.echo(json.dumps(record) if as_json else record["output"])
         if vllm and not as_json:
             click.echo(f"  {result.description}")
 
     if not batch_file:
-        for files, result in zip(paths, generator.run([Request(frame, prompt) for prompt in prompts])):
-            _save_all(result.images, files)                  # results come in request order
-            report(files, result)
+        generate_prompts(generator, frame, list(prompts), paths, on_written=report)
         return
-    _run_batch(generator, requests, out or ".", overwrite, report)
-
-
-def _save_all(images, files) -> None:
-    from lego_core.diffusion.generate import save_image
-
-    for im, path in zip(images, files):
-        save_image(im, path)
-
-
-def _run_batch(generator, requests, out, overwrite, report):
-    """Many requests, one model load, denoised in batches; a bad request is skipped and counted,
-    never fatal; requests whose images all exist are not redone."""
-    from pathlib import Path
-
-    from lego_core.diffusion.generate import Request, load_image, numbered
-    from lego_core.errors import BadInput
-
-    skipped, done, todo, files = [], 0, [], {}
-    n = generator.options.num_images
-    seen = set()
-    for req in requests:
-        if req["key"] in seen:                    # its image would overwrite (or pass for) the first one's
-            skipped.append((req["key"], "duplicate key: an earlier request has it"))
-            continue
-        seen.add(req["key"])
-        paths = numbered(Path(out) / f"{req['key']}{generator.options.suffix}", n)
-        if all(p.exists() for p in paths) and not overwrite:
-            done += 1
-            continue
-        try:
-            if not req["prompt"].strip():
-                raise BadInput('empty prompt: say which action, e.g. "cut onion"')
-            todo.append(Request(load_image(req["image"]), req["prompt"], key=req["key"]))
-        except BadInput as e:
-            skipped.append((req["key"], str(e)))
-            continue
-        files[req["key"]] = paths
-    for result in generator.run(todo):
-        _save_all(result.images, files[result.key])
-        report(files[result.key], result)
-    if skipped:
-        click.echo(f"lego: skipped {len(skipped)} request(s); first: {skipped[0][0]}: {skipped[0][1]}", err=True)
-    if done:
-        click.echo(f"lego: {done} request(s) already had an image (use --overwrite to redo them)", err=True)
+    summary = generate_batch(generator, requests, out or ".", overwrite=overwrite, on_written=report)
+    for line in summary.lines():
+        click.echo(f"lego: {line}", err=True)
