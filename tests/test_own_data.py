@@ -140,6 +140,28 @@ def test_manifest_rows_that_make_no_pair_say_why(row, reason, tmp_path):
     assert json.loads(rejected.read_text())["reason"] == reason
 
 
+def test_plan_from_python_writes_what_extract_plan_writes(tmp_path):
+    """`write_plan` (the stage called from Python) prints the same plan and writes the same rejects
+    file as `lego extract --plan --rejects`."""
+    import io
+
+    from lego_core.data.extract import ExtractConfig, write_plan
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps({"video": "v.mp4", "label": "cut onion", **row}) for row in (
+        {"input_frame": 1, "target_frame": 4}, {"start_time": 3, "stop_time": 2})) + "\n")
+    cli = run_cli("extract", "--dataset", "manifest", "--annotations", manifest, "--plan", "--rejects",
+                  tmp_path / "cli.jsonl")
+    assert cli.exit_code == 0, cli.output
+    out = io.StringIO()
+    counts = write_plan(ExtractConfig(dataset="manifest", annotations=str(manifest), out="",
+                                      rejects=str(tmp_path / "py.jsonl")), out)
+    assert counts == (1, 1) and "planned 1 pairs, skipped 1 rows" in cli.stderr
+    assert out.getvalue() == cli.stdout and len(out.getvalue().splitlines()) == 1
+    assert (tmp_path / "py.jsonl").read_text() == (tmp_path / "cli.jsonl").read_text()
+    assert json.loads((tmp_path / "py.jsonl").read_text())["reason"] == "stop before start"
+
+
 def test_manifest_without_label_column_is_one_line_exit_2(videos, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("video,input_frame,target_frame\nkitchen/day1.mp4,1,2\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -63,7 +62,7 @@ def command(ctx, dataset, annotations, videos, frames, out, size, resize, qualit
       lego extract --dataset pairs --annotations my_pairs.jsonl --out data/pairs-%06d.tar
       lego extract --dataset epic-kitchens --annotations EPIC_100_validation.csv --plan | head
     """
-    from lego_core.data.extract import ExtractConfig, extract, plan
+    from lego_core.data.extract import ExtractConfig, extract, write_plan
     from lego_core.errors import BadInput
 
     cfg = ExtractConfig(
@@ -74,14 +73,8 @@ def command(ctx, dataset, annotations, videos, frames, out, size, resize, qualit
         overwrite=overwrite,
     )
     if plan_only:
-        actions, skipped = plan(cfg)
-        if rejects:
-            with open(rejects, "w", encoding="utf-8") as f:
-                f.writelines(r.to_json() + "\n" for r in skipped)
-        write = sys.stdout.write
-        for a in actions:
-            write(json.dumps(a.plan_record()) + "\n")
-        click.echo(f"lego: planned {len(actions)} pairs, skipped {len(skipped)} rows", err=True)
+        planned, skipped = write_plan(cfg, sys.stdout)
+        click.echo(f"lego: planned {planned} pairs, skipped {skipped} rows", err=True)
         return
     if not out:
         raise BadInput("--out PATTERN is required (e.g. --out data/epic-%06d.tar), or use --plan")

@@ -9,6 +9,7 @@ finished shard, so a killed job resumes without writing any pair twice.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -16,12 +17,14 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from PIL import Image
 
 from lego_core.data.annotations import (
     EPIC, MANIFEST, PAIRS, Action, Offsets, Reject, epic_frames_fps, read_annotations,
 )
+from lego_core.atomic import write_atomic
 from lego_core.errors import BadInput
 from lego_core.provenance import pin_settings
 
@@ -89,6 +92,18 @@ def plan(cfg: ExtractConfig) -> tuple[list[Action], list[Reject]]:
     if cfg.limit is not None:
         actions = actions[: cfg.limit]
     return actions, rejects
+
+
+def write_plan(cfg: ExtractConfig, out: TextIO) -> tuple[int, int]:
+    """`lego extract --plan`: one JSON line per planned pair to `out` and, when `cfg.rejects`
+    names a file, the rows that make none to it (written atomically); reads only the annotations.
+    Returns (pairs planned, rows skipped)."""
+    actions, skipped = plan(cfg)
+    if cfg.rejects:
+        write_atomic(cfg.rejects, "".join(r.to_json() + "\n" for r in skipped))
+    for a in actions:
+        out.write(json.dumps(a.plan_record()) + "\n")
+    return len(actions), len(skipped)
 
 
 # ---------------------------------------------------------------------------------------------
