@@ -185,6 +185,26 @@ def test_undecodable_image_is_skipped_and_counted(env, tmp_path):
     assert list(s["skipped"]["reasons"]) == ["generated image does not decode (OSError)"]
 
 
+def test_evaluate_from_python_reports_what_the_command_prints(env, tmp_path):
+    """`EvalResult.lines()` is the command's text summary: the table, the keys on one side only,
+    the skipped images and the files written."""
+    from lego_core.metrics.runner import EvalConfig, evaluate
+
+    d = env["dir"]
+    g = tmp_path / "g"
+    g.mkdir()
+    for k in env["keys"][:3]:
+        (g / f"{k}.png").write_bytes((d / "noisy" / f"{k}.png").read_bytes())
+    (g / f"{env['keys'][3]}.png").write_bytes((d / "noisy" / f"{env['keys'][3]}.png").read_bytes()[:100])
+    cli = run_cli("-q", "evaluate", "-g", f"g={g}", "-r", SHARDS, "--metrics", "psnr", "-o", tmp_path / "cli")
+    assert cli.exit_code == 0, cli.output
+    result = evaluate({"g": str(g)}, SHARDS, EvalConfig(metrics=("psnr",), metrics_explicit=True),
+                      out=str(tmp_path / "py"))
+    text = "\n".join(result.lines())
+    assert result.outputs and text.replace(str(tmp_path / "py"), str(tmp_path / "cli")) + "\n" == cli.stdout
+    assert "references without generated image" in text and "1 skipped" in text and "psnr" in text
+
+
 def test_generated_shards_never_score_a_sample_against_its_own_target(env, tmp_path):
     """Generated shards keep the copied target.jpg; a sample whose generation failed (no generated.png)
     is missing on the generated side, not compared with itself (PSNR 100)."""

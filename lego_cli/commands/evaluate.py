@@ -92,7 +92,6 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
     from lego_core.errors import BadInput
     from lego_core.evaluation import evaluate_models
     from lego_core.metrics.runner import EvalConfig, evaluate
-    from lego_core.metrics.report import changed_region_summary, table_text
 
     if quiet(ctx):
         import transformers
@@ -127,14 +126,4 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
     if as_json:
         echo_result(result.summary(), True)
         return
-    lines = [table_text(result)]
-    for s in result.sets:
-        m = s.matching
-        if m["only_generated"]["count"] or m["only_reference"]["count"] or s.skipped["total"]:
-            lines.append(f"{s.name}: {m['only_generated']['count']} generated without reference "
-                         f"(e.g. {', '.join(m['only_generated']['examples']) or '-'}), {m['only_reference']['count']} "
-                         f"references without generated image (e.g. {', '.join(m['only_reference']['examples']) or '-'}), "
-                         f"{s.skipped['total']} skipped")
-    lines += [line for line in map(changed_region_summary, result.sets) if line]
-    lines += list(result.outputs.values())
-    echo_result("\n".join(lines))
+    echo_result("\n".join(result.lines()))

@@ -81,6 +81,22 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
+def summary_lines(result: "EvalResult") -> list[str]:
+    """What `lego evaluate` prints: the table, per set what was left out (keys on one side only,
+    images that did not decode), the changed-region summary, then the files written."""
+    lines = [table_text(result)]
+    for s in result.sets:
+        m = s.matching
+        if m["only_generated"]["count"] or m["only_reference"]["count"] or s.skipped["total"]:
+            lines.append(f"{s.name}: {m['only_generated']['count']} generated without reference "
+                         f"(e.g. {', '.join(m['only_generated']['examples']) or '-'}), "
+                         f"{m['only_reference']['count']} references without generated image "
+                         f"(e.g. {', '.join(m['only_reference']['examples']) or '-'}), {s.skipped['total']} skipped")
+    lines += [line for line in map(changed_region_summary, result.sets) if line]
+    lines += list(result.outputs.values())
+    return lines
+
+
 def _img(data: bytes | None) -> str:
     if not data:
         return '<span class="note">(no input frame)</span>'

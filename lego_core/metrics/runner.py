@@ -137,6 +137,12 @@ class EvalResult:
             rows.append(row)
         return ["set", "n"] + cols, rows
 
+    def lines(self) -> list[str]:
+        """What `lego evaluate` prints (see `report.summary_lines`)."""
+        from .report import summary_lines
+
+        return summary_lines(self)
+
     def summary(self) -> dict:
         header, rows = self.table()
         out = {"table": {"columns": header, "rows": rows}, "sets": [s.summary() for s in self.sets]}
