@@ -22,7 +22,8 @@ _GENERATION = {
     "steps": click.option("--steps", type=int, help="Denoising steps (Euler ancestral).  [default: the step count "
                                                     "the model's validation used (lego.json), else 100]"),
     "guidance": click.option("--guidance", default=7.5, show_default=True, help="Text guidance scale s_T."),
-    "image_guidance": click.option("--image-guidance", default=1.5, show_default=True, help="Image guidance scale s_I."),
+    "image_guidance": click.option("--image-guidance", default=1.5, show_default=True,
+                                   help="Image guidance scale s_I."),
     "seed": click.option("--seed", default=0, show_default=True,
                          help="Random seed: same inputs and seed, same image (image i of N: seed + i)."),
     "size": click.option("--size", type=int, help="The model's working resolution (square).  [default: the "
@@ -92,7 +93,8 @@ def engine_options(*, micro_batch: tuple[int, str], grad_accum: tuple[int, str],
     options = [
         click.option("--batch-size", "micro_batch", default=micro_batch[0], help=micro_batch[1]),
         click.option("--grad-accum", default=grad_accum[0], help=grad_accum[1]),
-        click.option("--zero", "zero_stage", default=zero_stage, type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
+        click.option("--zero", "zero_stage", default=zero_stage, type=click.IntRange(0, 3),
+                     help="DeepSpeed ZeRO stage."),
         click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
                      help="auto: bf16 on GPUs that support it, else fp32."),
         click.option("--grad-clip", default=1.0),

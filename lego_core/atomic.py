@@ -114,4 +114,5 @@ def write_atomic(final: str | os.PathLike, data: str | bytes, *, fsync: bool = T
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
-__all__ = ["atomic_file", "atomic_path", "pid_alive", "remove_stale_temps", "replace_folder", "temp_name", "write_atomic"]
+__all__ = ["atomic_file", "atomic_path", "pid_alive", "remove_stale_temps", "replace_folder", "temp_name",
+           "write_atomic"]

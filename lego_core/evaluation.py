@@ -36,7 +36,8 @@ def evaluate_models(shards, models: Mapping[str, str] | Sequence[str], cfg: Eval
 
         missing = [m for m in named.values() if looks_local(m) and not os.path.isdir(m)]
         if missing:
-            raise BadInput(f"model folder not found: {missing[0]} (train one with `lego train`, or pass a diffusers folder)")
+            raise BadInput(f"model folder not found: {missing[0]} (train one with `lego train`, "
+                           "or pass a diffusers folder)")
     base = out or tempfile.mkdtemp(prefix="lego-eval-")
     folders = {}
     for name, model in named.items():

@@ -27,7 +27,8 @@ import time
 from collections import Counter, defaultdict, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-BEHAVIOURS = ("ok", "429", "500", "503", "slow", "malformed", "refusal", "empty", "offtopic", "401", "400", "drop", "nousage")
+BEHAVIOURS = ("ok", "429", "500", "503", "slow", "malformed", "refusal", "empty", "offtopic", "401", "400", "drop",
+              "nousage")
 
 
 def action_of(query: str) -> str:
@@ -150,7 +151,8 @@ class FakeLLM:
                     return self._send(int(how), b'{"error": {"message": "server error"}}')
                 if how == "401":
                     key = auth.removeprefix("Bearer ")
-                    msg = json.dumps({"error": {"message": f"Incorrect API key provided: {key}", "code": "invalid_api_key"}})
+                    msg = json.dumps({"error": {"message": f"Incorrect API key provided: {key}",
+                                                "code": "invalid_api_key"}})
                     return self._send(401, msg.encode())
                 if how == "400":
                     return self._send(400, b'{"error": {"message": "context length exceeded"}}')
@@ -165,7 +167,8 @@ class FakeLLM:
                 text = {
                     "refusal": "I'm sorry, but I can't help with that request.",
                     "empty": "",
-                    "offtopic": "The weather today is sunny with a light breeze and a few clouds over the hills to the north.",
+                    "offtopic": "The weather today is sunny with a light breeze and a few clouds "
+                                "over the hills to the north.",
                 }.get(how, good_answer(label))
                 if how in ("ok", "slow", "nousage"):
                     with llm.lock:

@@ -82,7 +82,8 @@ def test_ego4d_pre15_to_pnr_with_boxes_and_clean_labels(data_dir):
 def test_boxes_file_for_epic(data_dir, tmp_path):
     boxes = tmp_path / "boxes.jsonl"
     boxes.write_text(json.dumps({"narration_id": "P01_09_0", "boxes": [
-        {"kind": "left_hand", "box": [0.1, 0.2, 0.3, 0.4]}, {"kind": "object", "name": "light", "box": [0, 0, 1, 1]}]}) + "\n")
+        {"kind": "left_hand", "box": [0.1, 0.2, 0.3, 0.4]},
+        {"kind": "object", "name": "light", "box": [0, 0, 1, 1]}]}) + "\n")
     actions, _ = read_annotations(EPIC, data_dir / "EPIC_100_train_excerpt.csv", boxes_file=boxes)
     assert actions[0].boxes[1] == {"kind": "object", "name": "light", "box": [0.0, 0.0, 1.0, 1.0]}
     assert actions[1].boxes == []

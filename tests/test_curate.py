@@ -218,7 +218,8 @@ def test_a_short_run_refused_throughout_exits_2_and_a_refusal_after_an_answer_is
 
 
 def test_one_bad_sample_is_skipped_counted_and_rejected(tmp_path, llm, env):
-    pattern, metas = make_shards(tmp_path / "in", 5, bad={2: {"label": "  "}, 3: {"boxes": [{"kind": "nose", "box": [0, 0, 1, 1]}]}})
+    pattern, metas = make_shards(tmp_path / "in", 5,
+                                 bad={2: {"label": "  "}, 3: {"boxes": [{"kind": "nose", "box": [0, 0, 1, 1]}]}})
     r = curate(pattern, "--out", tmp_path / "out" / "cur-%06d.tar", "--json", llm=llm)
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout.strip().splitlines()[-1])
@@ -226,7 +227,8 @@ def test_one_bad_sample_is_skipped_counted_and_rejected(tmp_path, llm, env):
     rejects = [json.loads(x) for x in (tmp_path / "out" / "cur.curate-rejects.jsonl").read_text().splitlines()]
     assert sorted(x["reason"] for x in rejects) == sorted(["meta.json: label is empty",
                                                           "meta.json: a box has an unknown kind (want one of "
-                                                          "left_hand, right_hand, hand, object, object_of_change, tool)"])
+                                                          "left_hand, right_hand, hand, "
+                                                          "object, object_of_change, tool)"])
 
 
 def test_api_key_is_never_printed_logged_or_written(tmp_path, llm, env):
@@ -408,7 +410,8 @@ def test_request_hash_covers_model_messages_and_sampling():
     for change in ({"temperature": 0.1}, {"llm": "other"}, {"max_tokens": 10}, {"seed": 1}):
         cfg = CurateConfig(inputs=[], out="x", **change)
         assert request_hash(make_request(cfg, meta, load_examples_default())) != h
-    assert request_hash(make_request(CurateConfig(inputs=[], out="y", concurrency=3), meta, load_examples_default())) == h
+    assert request_hash(make_request(CurateConfig(inputs=[], out="y", concurrency=3), meta,
+                                     load_examples_default())) == h
 
 
 def load_examples_default():
@@ -476,12 +479,14 @@ def test_checks():
     assert checks.check_response(ok, "cut onion") == (ok, None)
     assert checks.check_response(f'Description: "{ok}"', "cut onion") == (ok, None)
     assert checks.check_response("", "cut onion")[1] == checks.EMPTY
-    assert checks.check_response("I'm sorry, I can't do that for you right now, sorry.", "cut onion")[1] == checks.REFUSAL
+    assert checks.check_response("I'm sorry, I can't do that for you right now, sorry.",
+                                 "cut onion")[1] == checks.REFUSAL
     assert checks.check_response(ok, "cut onion", refusal="no")[1] == checks.REFUSAL
     assert checks.check_response("Cuts onion.", "cut onion")[1] == checks.TOO_SHORT
     assert checks.check_response(" ".join(["onion"] * 200), "cut onion")[1] == checks.TOO_LONG
     assert checks.check_response(ok, "cut onion", finish_reason="length")[1] == checks.TRUNCATED
-    assert checks.check_response("The weather is sunny today with a breeze over the hills.", "cut onion")[1] == checks.OFF_TOPIC
+    assert checks.check_response("The weather is sunny today with a breeze over the hills.",
+                                 "cut onion")[1] == checks.OFF_TOPIC
     assert checks.about_action("She is washing the dishes in the sink now.", "wash plate")
 
 
@@ -515,7 +520,8 @@ def test_retry_after_http_date_is_utc_whatever_the_local_zone():
         minus0 = email.utils.formatdate(now + 30)
         assert minus0.endswith("-0000")
         assert parse_retry_after({"retry-after": minus0}, now=now) == pytest.approx(30)
-        assert parse_retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(30)
+        assert parse_retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)},
+                                 now=now) == pytest.approx(30)
         assert parse_retry_after({"retry-after": "Tue, 14 Nov 2023 22:13:50 +0000"}, now=now) == pytest.approx(30)
         assert parse_retry_after({"retry-after": "Wed, 15 Nov 2023 00:13:50 +0200"}, now=now) == pytest.approx(30)
         assert parse_retry_after({"retry-after": email.utils.formatdate(now - 60)}, now=now) == 0.0   # past: no wait
@@ -533,7 +539,8 @@ def test_retry_after_http_date_is_utc_whatever_the_local_zone():
 
 def test_examples_file_validation(tmp_path):
     f = tmp_path / "e.json"
-    f.write_text(json.dumps({"examples": [{"label": "x", "description": "y", "boxes": [{"kind": "tool", "box": [0.5, 0, 0.2, 1]}]}]}))
+    f.write_text(json.dumps({"examples": [{"label": "x", "description": "y",
+                                           "boxes": [{"kind": "tool", "box": [0.5, 0, 0.2, 1]}]}]}))
     with pytest.raises(BadInput, match="example 1: a box is not within"):
         load_examples(f)
     f.write_text(json.dumps({"system": "Describe.", "examples": [{"label": "x", "description": "y"}]}))

@@ -34,7 +34,8 @@ def frame():
 def components(folder):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None,
+                                                                 requires_safety_checker=False)
     ref.set_progress_bar_config(disable=True)
     parts = {k: getattr(ref, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
     return ref, parts

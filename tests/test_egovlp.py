@@ -328,7 +328,8 @@ def gen_folder(tmp_path_factory):
     samples = list(iter_samples(SHARDS))[:3]
     for s in samples:
         im = np.asarray(Image.open(io.BytesIO(s["target.jpg"])).convert("RGB"), np.float64)
-        Image.fromarray(np.clip(im + rng.normal(0, 30, im.shape), 0, 255).astype(np.uint8)).save(d / f"{s['__key__']}.png")
+        noisy = np.clip(im + rng.normal(0, 30, im.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(d / f"{s['__key__']}.png")
     return d, [s["__key__"] for s in samples]
 
 

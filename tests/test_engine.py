@@ -99,7 +99,8 @@ def test_resume_from_an_older_checkpoint_moves_the_newer_ones_aside(kind, shards
     aside = list((ckpts / "superseded").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("after-step-00000001-")
     assert steps_in(aside[0]) == ["step-00000002", "step-00000003"]
-    assert len(list(aside[0].glob("step-*/old-line"))) == 2 and (aside[0] / "step-00000003" / "lego-state.json").is_file()
+    assert len(list(aside[0].glob("step-*/old-line"))) == 2
+    assert (aside[0] / "step-00000003" / "lego-state.json").is_file()
     log = events(run)
     resume = [e for e in log if e.get("event") == "resume"]
     assert resume[-1]["step"] == 1 and log[-1]["event"] == "done" and log[-1]["steps_run"] == 2

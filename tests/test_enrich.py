@@ -338,7 +338,8 @@ def test_imported_samples_are_asked_in_the_authors_wording(tmp_path, llava_dir, 
         return real(model, processor, images, labels, **kw)
 
     monkeypatch.setattr(describe, "describe_and_embed", spy)
-    _enrich(llava_dir, tmp_path / "o" / "e-%06d.tar", *FAST, inputs=[*sorted((tmp_path / "in").glob("*.tar")), inputs[3]])
+    _enrich(llava_dir, tmp_path / "o" / "e-%06d.tar", *FAST,
+            inputs=[*sorted((tmp_path / "in").glob("*.tar")), inputs[3]])
     ours = [json.loads(s["meta.json"])["label"] for s in _samples([inputs[3]]).values()]
     assert asked == [f"How does the person properly {action} that is displayed in the video frame?"
                      for action in ["cut the onion", *ours]]

@@ -113,17 +113,20 @@ def test_several_generated_sets_make_one_table(env):
     assert table["columns"] == ["set", "n", "psnr", "lpips", "fid"]
     (a, b) = table["rows"]
     assert a[0] == "a" and b[0] == "b" and a[2] > b[2] and a[3] < b[3] and a[4] < b[4]  # less noise is better
-    for f in ("metrics.json", "table.csv", "table.md", "report.html", "a/metrics.json", "b/report.html", "b/samples.csv"):
+    for f in ("metrics.json", "table.csv", "table.md", "report.html", "a/metrics.json", "b/report.html",
+              "b/samples.csv"):
         assert (out / f).is_file(), f
     assert "a/report.html" in (out / "report.html").read_text()
     # The reference statistics reused for set b give the same FID as evaluating b alone.
-    alone = run_cli("-q", "evaluate", "-g", d / "noisier", "-r", SHARDS, "--metrics", "fid", "--fid-model", d / "fid", "--json")
+    alone = run_cli("-q", "evaluate", "-g", d / "noisier", "-r", SHARDS, "--metrics", "fid", "--fid-model", d / "fid",
+                    "--json")
     assert json.loads(alone.output)["table"]["rows"][0][2] == pytest.approx(b[4], rel=1e-6)
 
 
 def test_lpips_authors_range_flag(env):
     d = env["dir"]
-    args = ("-q", "evaluate", "-g", d / "noisy", "-r", SHARDS, "--metrics", "lpips", "--lpips-weights", d / "squeeze.pth", "--json")
+    args = ("-q", "evaluate", "-g", d / "noisy", "-r", SHARDS, "--metrics", "lpips", "--lpips-weights",
+            d / "squeeze.pth", "--json")
     ours = json.loads(run_cli(*args).output)
     theirs = json.loads(run_cli(*args, "--lpips-authors-range").output)
     assert theirs["sets"][0]["settings"]["lpips"]["input_range"].startswith("[0, 1]")
@@ -155,7 +158,8 @@ def test_blip_needs_descriptions_from_folder_reference(env, tmp_path):
     ref.mkdir()
     for k in env["keys"][:3]:
         Image.open(d / "noisy" / f"{k}.png").convert("RGB").save(ref / f"{k}.jpg")
-    args = ("-q", "evaluate", "-g", d / "noisier", "-r", ref, "--clip-model", d / "clip", "--blip-model", f"b={d / 'blip'}")
+    args = ("-q", "evaluate", "-g", d / "noisier", "-r", ref, "--clip-model", d / "clip", "--blip-model",
+            f"b={d / 'blip'}")
     r = run_cli(*args, "--metrics", "psnr,blip")
     assert r.exit_code == 2 and "needs a description" in r.output
     (ref / f"{env['keys'][0]}.txt").write_text("the person cuts the onion")
@@ -314,7 +318,8 @@ def test_psnr_changed_end_to_end_against_numpy(env, tmp_path):
     out = tmp_path / "out"
     r = run_cli("-q", "evaluate", "-g", d / "noisy", "-r", SHARDS, "--metrics", "psnr,psnr_changed", "-o", out)
     assert r.exit_code == 0, r.output
-    assert "psnr_changed ↑" in r.output and "input_psnr_changed ↑" in r.output and "generated beats input on" in r.output
+    assert "psnr_changed ↑" in r.output and "input_psnr_changed ↑" in r.output
+    assert "generated beats input on" in r.output
     meta = json.loads((out / "metrics.json").read_text())
     m = meta["metrics"]
     for c in ("psnr_changed", "psnr_unchanged", "input_psnr_changed", "input_psnr_unchanged"):
@@ -326,7 +331,8 @@ def test_psnr_changed_end_to_end_against_numpy(env, tmp_path):
     for k in env["keys"]:
         y = Image.open(io.BytesIO(samples[k]["target.jpg"])).convert("RGB")
         x = np.asarray(Image.open(io.BytesIO(samples[k]["input.jpg"])).convert("RGB"), np.float64) / 255
-        g = np.asarray(Image.open(d / "noisy" / f"{k}.png").convert("RGB").resize(y.size, Image.BICUBIC), np.float64) / 255
+        g = np.asarray(Image.open(d / "noisy" / f"{k}.png").convert("RGB").resize(y.size, Image.BICUBIC),
+                       np.float64) / 255
         y = np.asarray(y, np.float64) / 255
         changed = np.abs(y - x).mean(-1) > 0.1
         want = {"psnr_changed": 10 * np.log10(1 / np.mean((g - y)[changed] ** 2)),

@@ -145,8 +145,8 @@ def test_with_vllm_the_description_and_embeddings_condition_the_model(frame, tmp
     assert record["description"] and record["description"] != "cut onion"
     assert record["question"] == "How does the person properly cut onion that is displayed in the video frame?"
     asked = run_cli("generate", frame, "cut onion", "--model", tmp_path / "joint", "--vllm", llava, "--greedy",
-                    "--max-new-tokens", "2", "-o", tmp_path / "q.png", "--json", "--question", "What does {} look like?",
-                    *FAST)
+                    "--max-new-tokens", "2", "-o", tmp_path / "q.png", "--json", "--question",
+                    "What does {} look like?", *FAST)
     assert asked.exit_code == 0, asked.output
     assert json.loads(asked.stdout.splitlines()[-1])["question"] == "What does cut onion look like?"
     assert Image.open(tmp_path / "out.png").size == (114, 64)
@@ -230,9 +230,11 @@ def test_a_label_model_is_prompted_with_labels(tmp_path, monkeypatch):
     labels = [json.loads(s["meta.json"])["label"] for s in samples]
     seen = []
     encode = LegoPipeline.encode_text
-    monkeypatch.setattr(LegoPipeline, "encode_text", lambda self, prompts: (seen.append(list(prompts)), encode(self, prompts))[1])
-    for conditioning, want in (("label", labels), ("description", ["Hold the plate with the left hand and rinse it."] * 2)):
+    monkeypatch.setattr(LegoPipeline, "encode_text",
+                        lambda self, prompts: (seen.append(list(prompts)), encode(self, prompts))[1])
+    for conditioning, want in (("label", labels),
+                               ("description", ["Hold the plate with the left hand and rinse it."] * 2)):
         seen.clear()
-        generate_folder([str(tmp_path / "d-000000.tar")], str(tmp_path / conditioning), str(tmp_path / f"gen-{conditioning}"),
-                        steps=1, size=64)
+        generate_folder([str(tmp_path / "d-000000.tar")], str(tmp_path / conditioning),
+                        str(tmp_path / f"gen-{conditioning}"), steps=1, size=64)
         assert seen[0] == want

@@ -99,7 +99,8 @@ def test_generate_batch_from_python_does_what_the_batch_command_does(model, fram
     assert [{**r, "output": None} for r in summary.records] == \
         [{**json.loads(x), "output": None} for x in cli.stdout.splitlines()]
     assert np.abs(pixels(tmp_path / "py" / "k1.png") - pixels(tmp_path / "cli" / "k1.png")).max() <= 2
-    assert [f"lego: {line}" for line in summary.lines()] == [x for x in cli.stderr.splitlines() if x.startswith("lego:")]
+    assert [f"lego: {line}" for line in summary.lines()] == [x for x in cli.stderr.splitlines()
+                                                             if x.startswith("lego:")]
     assert [key for key, _ in summary.skipped] == ["k2", "k1"]
     again = generate_batch(generator, read_batch_file(requests), tmp_path / "py")
     assert (again.records, again.already_done) == ([], 1)
@@ -154,11 +155,13 @@ def test_the_cli_frees_the_vllm_before_diffusing_a_python_caller_keeps_it(frame,
     build_from_pretrained(base, conditioning="description+joint", vllm=llava).save_pretrained(tmp_path / "joint")
     vllm_held = []
     place = ActionFrameGenerator._place
-    monkeypatch.setattr(ActionFrameGenerator, "_place", lambda self: (vllm_held.append(self.vllm is not None), place(self))[1])
+    monkeypatch.setattr(ActionFrameGenerator, "_place",
+                        lambda self: (vllm_held.append(self.vllm is not None), place(self))[1])
     args = ["--model", tmp_path / "joint", "--vllm", llava, "--greedy", "--max-new-tokens", "6", "--json", *FAST]
     runs = {}
     for batch in ("8", "1"):
-        result = run_cli("generate", frame, "cut onion", "open fridge", *args, "-o", tmp_path / batch, "--batch-size", batch)
+        result = run_cli("generate", frame, "cut onion", "open fridge", *args, "-o", tmp_path / batch, "--batch-size",
+                         batch)
         assert result.exit_code == 0, result.output
         runs[batch] = [json.loads(x) for x in result.stdout.splitlines()]
     assert vllm_held == [False, False]

@@ -214,7 +214,8 @@ def test_import_checkpoint_bad_files_exit_2_with_one_line(authors_ckpt, tmp_path
         "absent.ckpt": "checkpoint not found",
     }
     for name, expected in cases.items():
-        result = run_cli("import", "checkpoint", tmp_path / name, "--out", tmp_path / f"out-{name}", "--base", c["base"])
+        result = run_cli("import", "checkpoint", tmp_path / name, "--out", tmp_path / f"out-{name}", "--base",
+                         c["base"])
         assert result.exit_code == 2, (name, result.output)
         assert expected in _err_line(result), (name, result.stderr)
         assert not (tmp_path / f"out-{name}").exists()
@@ -463,9 +464,11 @@ def test_import_dataset_in_the_authors_layout(tmp_path):
     root, feats = tmp_path / "LEGO_Data", tmp_path / "vllm_features"
     ego = {"clipA": {"0": {"image_0": "clipA/0_pre.jpg", "image_1": "clipA/0_pnr.jpg", "action": "#C C cuts the onion",
                            "llava_forecast_finetune": "The right hand slices the onion with a knife."},
-                     "1": {"image_0": "clipA/1_pre.jpg", "image_1": "clipA/1_pnr.jpg", "action": "#C C opens the fridge",
+                     "1": {"image_0": "clipA/1_pre.jpg", "image_1": "clipA/1_pnr.jpg",
+                           "action": "#C C opens the fridge",
                            "llava_forecast_finetune": "The left hand pulls the fridge door open."}},
-           "clipB": {"7": {"image_0": "clipB/7_pre.jpg", "image_1": "clipB/missing.jpg", "action": "#C C washes a plate",
+           "clipB": {"7": {"image_0": "clipB/7_pre.jpg", "image_1": "clipB/missing.jpg",
+                           "action": "#C C washes a plate",
                            "llava_forecast_finetune": "Both hands rub the plate under the tap."}}}
     epic = {"P01_11": {"P01_11_3": {"image_0": "P01_11/3_a.jpg", "image_1": "P01_11/3_b.jpg", "action": "open drawer",
                                     "llava_forecast_finetune": "The hand pulls the drawer handle."}}}
@@ -473,7 +476,8 @@ def test_import_dataset_in_the_authors_layout(tmp_path):
     (root / "ego4d_val.json").write_text(json.dumps(ego))
     (root / "epickitchen_val.json").write_text(json.dumps(epic))
     written = {}
-    for name, folder, data, model in (("ego4d", "ego4d.fho", ego, "llava-ckpt450"), ("epickitchen", "epickitchen", epic, "llava")):
+    for name, folder, data, model in (("ego4d", "ego4d.fho", ego, "llava-ckpt450"),
+                                      ("epickitchen", "epickitchen", epic, "llava")):
         for clip in data.values():
             for i, entry in enumerate(clip.values()):
                 for j, rel in enumerate((entry["image_0"], entry["image_1"])):

@@ -98,7 +98,8 @@ def test_changed_psnr_exact_values_on_a_square():
     assert v.changed == pytest.approx(10 * np.log10(3 / 0.2 ** 2), rel=1e-12) and v.unchanged == pytest.approx(100.0)
     # The input frame itself: the do-nothing baseline.
     v = changed_psnr(x, x, y)
-    assert v.changed == pytest.approx(10 * np.log10(1 / (200 / 255) ** 2), rel=1e-12) and v.unchanged == pytest.approx(100.0)
+    assert v.changed == pytest.approx(10 * np.log10(1 / (200 / 255) ** 2), rel=1e-12)
+    assert v.unchanged == pytest.approx(100.0)
     # The same from [0, 1] float arrays and PIL images.
     w = changed_psnr(Image.fromarray(x), x.astype(np.float64) / 255, Image.fromarray(y))
     assert (w.changed, w.unchanged) == (pytest.approx(v.changed, rel=1e-12), pytest.approx(100.0))
@@ -144,7 +145,8 @@ def test_changed_psnr_resizes_prediction_and_input_bicubic_to_the_ground_truth()
     want_changed = 10 * np.log10(1 / np.mean((up - y / 255)[mask] ** 2))
     want_unchanged = 10 * np.log10(1 / np.mean((up - y / 255)[~mask] ** 2))
     v = changed_psnr(small, x_big, y)
-    assert (v.changed, v.unchanged) == (pytest.approx(want_changed, rel=1e-12), pytest.approx(want_unchanged, rel=1e-12))
+    assert (v.changed, v.unchanged) == (pytest.approx(want_changed, rel=1e-12),
+                                        pytest.approx(want_unchanged, rel=1e-12))
     assert changed_psnr(Image.fromarray(small), Image.fromarray(x_big), Image.fromarray(y)).changed == v.changed
     # A [0, 1] float prediction is resized in float, channel by channel.
     f = changed_psnr(small / 255.0, x, y)
@@ -165,7 +167,8 @@ def test_changed_psnr_metric_counts_exclusions_and_wins():
     m = ChangedPSNR()
     m.start(["a", "b", "c", "d"])
     out = m.update(Batch(["a", "b", "c", "d"], gens, refs, inputs=inputs))
-    assert out["psnr_changed"][0] == pytest.approx(10 * np.log10(3 / 0.04)) and out["psnr_unchanged"][0] == pytest.approx(100)
+    assert out["psnr_changed"][0] == pytest.approx(10 * np.log10(3 / 0.04))
+    assert out["psnr_unchanged"][0] == pytest.approx(100)
     assert out["psnr_changed"][1] == out["input_psnr_changed"][1] == pytest.approx(10 * np.log10(1 / (200 / 255) ** 2))
     assert out["psnr_changed"][2] is None and out["psnr_unchanged"][2] == pytest.approx(100)   # excluded
     assert all(out[c][3] is None for c in m.columns)                                          # no input frame
@@ -400,7 +403,8 @@ def test_blip_model_tags():
     from lego_core.metrics.blip_score import DEFAULT_BLIP, parse_blip_models
 
     assert [t for t, _ in parse_blip_models(DEFAULT_BLIP)] == ["b", "l"]
-    assert parse_blip_models(["/x/blip-large-finetuned", "mine=/y"]) == [("l", "/x/blip-large-finetuned"), ("mine", "/y")]
+    assert parse_blip_models(["/x/blip-large-finetuned", "mine=/y"]) == [("l", "/x/blip-large-finetuned"),
+                                                                         ("mine", "/y")]
     with pytest.raises(BadInput, match="tagged"):
         parse_blip_models(["a=/x", "a=/y"])
 

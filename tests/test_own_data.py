@@ -77,7 +77,8 @@ def test_manifest_csv_and_jsonl_are_frame_exact_with_reasons(videos, tmp_path):
     summary = extract("--dataset", "manifest", "--annotations", manifest, "--videos", videos,
                       "--out", tmp_path / "csv/mine-%06d.tar", "--size", 72, "--workers", 1)
     assert summary["written"] == len(EXPECTED)
-    assert rejects(summary) == {"actions.csv:7": "mixes frame forms", "manifest-desk_mov-f3-f400": "target past the end",
+    assert rejects(summary) == {"actions.csv:7": "mixes frame forms",
+                                "manifest-desk_mov-f3-f400": "target past the end",
                                 "manifest-nowhere_mp4-f1-f2": "video not found"}
     samples = read_shards(tmp_path / "csv")
     assert {k: (frame_index(s["input.jpg"]), frame_index(s["target.jpg"])) for k, s in samples.items()} == EXPECTED
@@ -185,11 +186,12 @@ def _image(path: Path, size, colour) -> str:
 def pairs(tmp_path) -> Path:
     root = tmp_path / "pairs"
     lines = [
-        {"input": _image(root / "a/in.jpg", (320, 240), "red"), "target": _image(root / "a/out.png", (160, 120), "blue"),
-         "label": "cut onion", "id": "0001", "description": "A knife halves the onion on the board.",
+        {"input": _image(root / "a/in.jpg", (320, 240), "red"),
+         "target": _image(root / "a/out.png", (160, 120), "blue"), "label": "cut onion", "id": "0001",
+         "description": "A knife halves the onion on the board.",
          "boxes": [{"kind": "object", "name": "onion", "box": [0.2, 0.2, 0.6, 0.7]}]},
-        {"input": _image(root / "b_in.jpg", (200, 400), "green"), "target": _image(root / "b_out.jpg", (200, 400), "white"),
-         "label": "open door"},
+        {"input": _image(root / "b_in.jpg", (200, 400), "green"),
+         "target": _image(root / "b_out.jpg", (200, 400), "white"), "label": "open door"},
         {"input": "gone.jpg", "target": "b_out.jpg", "label": "missing file", "id": "0003"},
         {"input": "not_an_image.jpg", "target": "b_out.jpg", "label": "text file", "id": "0004"},
         {"input": _image(root / "wide.jpg", (400, 200), "black"), "target": "b_out.jpg", "label": "wide", "id": "0005"},

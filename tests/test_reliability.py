@@ -255,7 +255,8 @@ def test_enrich_rerun_with_another_vllm_or_decoding_is_refused(tmp_path, two_lla
     assert run_cli("-q", "enrich", EGO4D, "--vllm", a, "--out", out, *fast).exit_code == 0
     written = (tmp_path / "e-000000.tar").read_bytes()
     for other, says in ((["--vllm", b, *fast], "vllm"),
-                        (["--vllm", a, "--max-new-tokens", "3", "--max-text-tokens", "2"], "greedy: then True, now False"),
+                        (["--vllm", a, "--max-new-tokens", "3", "--max-text-tokens", "2"],
+                         "greedy: then True, now False"),
                         (["--vllm", a, *fast, "--question", "What is {}?"],
                          "question: then 'How does the person properly {action} that is displayed in the video "
                          "frame?', now 'What is {action}?'")):

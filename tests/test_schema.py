@@ -112,7 +112,8 @@ def _meta_edit(**changes):
     [
         (lambda s: s.pop("__key__"), "__key__ is missing or empty"),
         (lambda s: s.update(__key__="a.b-c-d"), "__key__ contains '.', '/', '\\' or whitespace"),
-        (lambda s: s.update(__key__="ego4d-x-y"), "__key__ does not match meta.json's {dataset}-{video_id}-{action_id}"),
+        (lambda s: s.update(__key__="ego4d-x-y"),
+         "__key__ does not match meta.json's {dataset}-{video_id}-{action_id}"),
         (lambda s: s.pop("input.jpg"), "input.jpg is missing"),
         (lambda s: s.pop("meta.json"), "meta.json is missing"),
         (lambda s: s.update({"target.jpg": b"\x89PNG\r\n\x1a\n...."}), "target.jpg: not a JPEG"),
@@ -140,11 +141,16 @@ def _meta_edit(**changes):
         (lambda s: s.update({"enriched.txt": b"\xff\xfe bad"}), "enriched.txt: not UTF-8"),
         (lambda s: s.update({"vllm_img.npy": b"garbage"}), "vllm_img.npy: not a readable .npy array"),
         (lambda s: s.update({"vllm_img.npy": npy(np.zeros((6, 8), np.float32))}), "vllm_img.npy: dtype is not float16"),
-        (lambda s: s.update({"vllm_txt.npy": npy(np.zeros(8, np.float16))}), "vllm_txt.npy: expected a non-empty 2-D array"),
-        (lambda s: s.update({"vllm_txt.npy": npy(np.zeros((0, 8), np.float16))}), "vllm_txt.npy: expected a non-empty 2-D array"),
-        (lambda s: s.update({"vllm_txt.npy": npy(np.zeros((3, 9), np.float16))}), "vllm_img.npy and vllm_txt.npy have different widths D"),
-        (lambda s: s.update({"input_latent.npy": npy(np.zeros((4, 3, 2), np.float16))}), "target_latent.npy is not 2C x h x w for a C x h x w input_latent.npy"),
-        (lambda s: s.update({"target_latent.npy": npy(np.zeros((8, 2, 2), np.int8))}), "target_latent.npy: dtype is not float16 or float32"),
+        (lambda s: s.update({"vllm_txt.npy": npy(np.zeros(8, np.float16))}),
+         "vllm_txt.npy: expected a non-empty 2-D array"),
+        (lambda s: s.update({"vllm_txt.npy": npy(np.zeros((0, 8), np.float16))}),
+         "vllm_txt.npy: expected a non-empty 2-D array"),
+        (lambda s: s.update({"vllm_txt.npy": npy(np.zeros((3, 9), np.float16))}),
+         "vllm_img.npy and vllm_txt.npy have different widths D"),
+        (lambda s: s.update({"input_latent.npy": npy(np.zeros((4, 3, 2), np.float16))}),
+         "target_latent.npy is not 2C x h x w for a C x h x w input_latent.npy"),
+        (lambda s: s.update({"target_latent.npy": npy(np.zeros((8, 2, 2), np.int8))}),
+         "target_latent.npy: dtype is not float16 or float32"),
     ],
 )
 def test_validator_names_each_problem(mutate, expected):
@@ -154,7 +160,8 @@ def test_validator_names_each_problem(mutate, expected):
 
 def test_validator_require_and_full_decode():
     s = sample()
-    assert S.validate_sample(s, require=["curated.txt", "vllm_txt.npy"]) == ["curated.txt is missing", "vllm_txt.npy is missing"]
+    assert S.validate_sample(s, require=["curated.txt", "vllm_txt.npy"]) == ["curated.txt is missing",
+                                                                             "vllm_txt.npy is missing"]
     # markers intact but the middle is garbage: only a full decode notices
     data = bytearray(s["input.jpg"])
     data[20:-10] = b"\x00" * (len(data) - 30)

@@ -350,7 +350,8 @@ def test_make_dataset_epochs_and_too_many_ranks(four_shards, monkeypatch):
     assert sorted(e0) == sorted(e1) and e0 != e1  # each pass is a new epoch
     ds.set_epoch(0)
     assert _run(ds) == e0
-    assert _run(SH.make_dataset(four_shards, shuffle=0)) == sorted(e0, key=lambda kv: (kv[1], int(kv[0].rsplit("-", 1)[1])))
+    assert _run(SH.make_dataset(four_shards, shuffle=0)) == sorted(e0,
+                                                                   key=lambda kv: (kv[1], int(kv[0].rsplit("-", 1)[1])))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(BadInput, match="4 shard"):

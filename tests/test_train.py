@@ -264,8 +264,9 @@ def test_ema_is_exported_under_zero2_and_zero3_across_a_resume(base, enriched, t
                               "gradient_clipping": 1.0, "steps_per_print": 10 ** 9}))
     z3 = tmp_path / "z3"
     for steps in ("2", "3"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "lego_cli.main", "-q", *map(str, args), "--out", str(z3), "--deepspeed", str(ds), "--max-steps", steps]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "lego_cli.main", "-q", *map(str, args), "--out", str(z3), "--deepspeed", str(ds),
+               "--max-steps", steps]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name for p in (z3 / "checkpoints" / "step-00000002").glob("ema-*")} == {"ema-rank0.pt", "ema-rank1.pt"}
@@ -287,7 +288,8 @@ def test_ema_per_micro_batch_as_the_authors(base, enriched, tmp_path):
                      "description", "--checkpoint-every", "1", "--ema-update", "micro-batch", "--out", run)
     assert result.exit_code == 0, result.output
     w1, w2 = (get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=f"step-{s:08d}") for s in (1, 2))
-    w0 = {f"unet.{k}": v for k, v in state_of(build_from_pretrained(base, conditioning="description", vllm=D).unet).items()}
+    w0 = {f"unet.{k}": v
+          for k, v in state_of(build_from_pretrained(base, conditioning="description", vllm=D).unet).items()}
     want = dict(w0)
     for decay, weights in ((2 / 11, w1), (3 / 12, w1), (4 / 13, w2)):
         want = {k: decay * want[k] + (1 - decay) * weights[k] for k in want}
@@ -322,7 +324,8 @@ def test_default_length_is_the_papers_20000_steps_and_the_plan_is_said(base, enr
 
 
 def test_shards_missing_what_the_conditioning_needs_exit_2(base, tmp_path):
-    result = run_cli("train", str(REPO / "shards"), "--base", base, "--out", tmp_path / "run", "--max-steps", "1", *FAST)
+    result = run_cli("train", str(REPO / "shards"), "--base", base, "--out", tmp_path / "run", "--max-steps", "1",
+                     *FAST)
     assert result.exit_code == 2
     assert "enriched.txt" in result.stderr and "lego enrich" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -299,7 +299,8 @@ def test_kill_9_then_rerun_resumes_and_the_output_loads_in_enrich(llava, curated
     run = tmp_path / "run"
     args = ["-q", "tune-vllm", str(curated), "--vllm", str(llava), "--out", str(run), "--max-steps", "60",
             "--batch-size", "2", "--checkpoint-every", "2", *FAST]
-    proc = subprocess.Popen([LEGO, *args], env=env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.err", "w"))
+    proc = subprocess.Popen([LEGO, *args], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "killed.err", "w"))
     deadline = time.time() + 120
     while time.time() < deadline:                        # a finished checkpoint at step >= 4 (keep 2: any)
         if any(int(p.parent.name[5:]) >= 4 for p in (run / "checkpoints").glob("step-*/lego-state.json")):

@@ -61,7 +61,8 @@ def test_inference_question_is_fixed_and_tuning_questions_are_seeded():
     from lego_core.vllm.templates import QUESTION_TEMPLATES, inference_question, tuning_question
 
     assert inference_question("cut onion") == inference_question("cut onion")
-    assert inference_question("cut onion") == "How does the person properly cut onion that is displayed in the video frame?"
+    assert inference_question("cut onion") == ("How does the person properly cut onion that is displayed in the "
+                                               "video frame?")
     assert inference_question("cut onion", "What would {} look like?") == "What would cut onion look like?"
     assert inference_question("cut onion", "Show {action}.") == "Show cut onion."
     for bad in ("No place for the action.", "{} and {}", "{action} {other}", "  "):
@@ -264,7 +265,8 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(vllm):
     model, processor = vllm
 
     def run(seed):
-        out = describe_and_embed(model, processor, _images(), LABELS, max_new_tokens=MAX_NEW, seed=seed, temperature=1.0)
+        out = describe_and_embed(model, processor, _images(), LABELS, max_new_tokens=MAX_NEW, seed=seed,
+                                 temperature=1.0)
         return [o.token_ids.tolist() for o in out]
 
     torch.manual_seed(123)

@@ -9,7 +9,8 @@ from lego_cli.common import echo_result, quiet
 
 @click.command("curate", context_settings={"show_default": True})
 @click.argument("shards", nargs=-1)
-@click.option("--out", help="Output shard pattern (or folder), e.g. data/curated-%06d.tar. The cache and rejects go beside it.")
+@click.option("--out",
+              help="Output shard pattern (or folder), e.g. data/curated-%06d.tar. The cache and rejects go beside it.")
 @click.option("--backend", type=click.Choice(["openai", "template"]), default="openai",
               help="'openai': an OpenAI-compatible LLM (the paper's method). 'template': offline fallback that "
                    "restates the label and boxes without an LLM; NOT the paper's method.")
@@ -21,32 +22,44 @@ from lego_cli.common import echo_result, quiet
 @click.option("--temperature", default=0.7, type=float, help="Sampling temperature.")
 @click.option("--top-p", type=float, help="Nucleus sampling (not sent unless given).")
 @click.option("--max-tokens", default=256, help="Most tokens per answer.")
-@click.option("--seed", default=0, type=int, help="Sent to the server (reproducible where supported); seeds the retry jitter.")
+@click.option("--seed", default=0, type=int,
+              help="Sent to the server (reproducible where supported); seeds the retry jitter.")
 @click.option("--examples", type=click.Path(dir_okay=False),
               help="JSON file of your own in-context examples (see --show-examples for the format).")
-@click.option("--show-examples", is_flag=True, help="Print the built-in system instruction and examples in the --examples format, then exit.")
+@click.option("--show-examples", is_flag=True,
+              help="Print the built-in system instruction and examples in the --examples format, then exit.")
 @click.option("--concurrency", default=8, help="Requests in flight at once.")
 @click.option("--timeout", default=60.0, help="Seconds per request before it is retried.")
-@click.option("--max-retries", default=6, help="Retries per request on 429 / 5xx / timeouts / connection errors / malformed responses.")
-@click.option("--retry-base-delay", default=1.0, help="Backoff: base * 2^retry seconds (with jitter), unless the server sends Retry-After.")
+@click.option("--max-retries", default=6,
+              help="Retries per request on 429 / 5xx / timeouts / connection errors / malformed responses.")
+@click.option("--retry-base-delay", default=1.0,
+              help="Backoff: base * 2^retry seconds (with jitter), unless the server sends Retry-After.")
 @click.option("--retry-max-delay", default=60.0, help="Longest backoff between retries.")
 @click.option("--max-attempts", default=3, help="Answers asked per sample while they fail the checks (empty, refusal, "
                                                 "too short/long, not about the action); then the sample is rejected.")
 @click.option("--min-words", default=8, help="Shortest accepted answer.")
 @click.option("--max-words", default=150, help="Longest accepted answer.")
-@click.option("--max-requests", type=int, help="Stop cleanly after this many requests (every try counts); rerun to continue.")
-@click.option("--max-tokens-total", type=int, help="Stop cleanly once prompt + completion tokens reach this (requests in flight finish).")
+@click.option("--max-requests", type=int,
+              help="Stop cleanly after this many requests (every try counts); rerun to continue.")
+@click.option("--max-tokens-total", type=int,
+              help="Stop cleanly once prompt + completion tokens reach this (requests in flight finish).")
 @click.option("--limit", type=int, help="Only the first N input samples.")
 @click.option("--max-samples-per-shard", default=1000, help="Start a new output shard after this many samples.")
-@click.option("--cache", "cache_file", type=click.Path(dir_okay=False), help="Answer cache JSONL (default: beside the output shards).")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="JSONL of rejected samples with reasons (default: beside the output shards).")
+@click.option("--cache", "cache_file", type=click.Path(dir_okay=False),
+              help="Answer cache JSONL (default: beside the output shards).")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="JSONL of rejected samples with reasons (default: beside the output shards).")
 @click.option("--retry-rejected", is_flag=True,
-              help="Ask again for samples whose answers all failed the checks in an earlier run (remembered in the cache).")
+              help="Ask again for samples whose answers all failed the checks in an earlier run "
+                   "(remembered in the cache).")
 @click.option("--allow-insecure-http", is_flag=True,
               help="Send OPENAI_API_KEY over plain http to a non-loopback --base-url (refused otherwise).")
-@click.option("--dry-run", is_flag=True, help="Print the prompts that would be sent (and whether each is cached); send and write nothing.")
-@click.option("--overwrite", is_flag=True, help="Rewrite the output shards from scratch (the answer cache is kept: nothing is paid twice).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary (or with --dry-run, one request per line) as JSON.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the prompts that would be sent (and whether each is cached); send and write nothing.")
+@click.option("--overwrite", is_flag=True,
+              help="Rewrite the output shards from scratch (the answer cache is kept: nothing is paid twice).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary (or with --dry-run, one request per line) as JSON.")
 @click.pass_context
 def command(ctx, shards, out, backend, llm, base_url, temperature, top_p, max_tokens, seed, examples, show_examples,
             concurrency, timeout, max_retries, retry_base_delay, retry_max_delay, max_attempts, min_words, max_words,

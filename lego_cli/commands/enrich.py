@@ -20,7 +20,8 @@ from lego_cli.common import echo_result, question_option, quiet
 @click.option("--max-text-tokens", default=77,
               help="Keep at most this many rows of H_t (the diffusion model uses 77); 0 keeps all.")
 @click.option("--max-new-tokens", default=1024, help="Stop a description after this many tokens (paper: 1024).")
-@click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling: outputs independent of seed and batching.")
+@click.option("--greedy", is_flag=True,
+              help="Greedy decoding instead of sampling: outputs independent of seed and batching.")
 @click.option("--temperature", default=0.2, help="Sampling temperature (paper: 0.2).")
 @click.option("--seed", default=0, help="Sampling seed.")
 @click.option("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
@@ -69,8 +70,8 @@ def command(ctx, shards, vllm, out, batch_size, num_shards, shard_index, max_tex
     cfg = EnrichConfig(
         shards=list(shards), vllm=vllm, out=out, batch_size=batch_size, num_shards=num_shards,
         shard_index=shard_index, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens, greedy=greedy,
-        temperature=temperature, seed=seed, device=device, dtype=dtype, aspect=aspect, question=question, rejects=rejects,
-        overwrite=overwrite,
+        temperature=temperature, seed=seed, device=device, dtype=dtype, aspect=aspect, question=question,
+        rejects=rejects, overwrite=overwrite,
     )
     summary = enrich(cfg, progress=not quiet(ctx))
     echo_result(summary.to_dict() if as_json else "\n".join(summary.lines()), as_json)

@@ -12,20 +12,22 @@ from lego_cli.common import echo_result, generation_options, quiet
 @click.option("--generated", "-g", multiple=True,
               help="Generated images: a folder (matched by relative path without extension) or shards (by key). "
                    "Repeat, optionally as NAME=PATH, for one table row per set.")
-@click.option("--reference", "-r", help="Ground truth: shards (target.jpg, input.jpg, descriptions) or a folder of images "
+@click.option("--reference", "-r",
+              help="Ground truth: shards (target.jpg, input.jpg, descriptions) or a folder of images "
                                         "(KEY.txt beside an image is its description).")
 @click.option("--model", "models", multiple=True,
               help="Generate-first mode: a LEGO diffusion model folder; generates for every sample of SHARDS, then "
                    "evaluates. Repeat (NAME=DIR) for the ablation table.")
 @click.option("--vllm", help="Generate-first mode: the LLaVA folder for models that need VLLM embeddings.")
 @click.option("--metrics", "metrics", default="psnr,lpips,fid,clip,blip,egovlp,egovlp+",
-              help="Comma-separated subset of psnr,psnr_changed,lpips,fid,clip,blip,egovlp,egovlp+. In the default set, "
-                   "EgoVLP scores without a checkpoint (and BLIP without descriptions) are left out with a warning. "
-                   "psnr_changed (not in the paper; needs input frames): PSNR over the pixels the action changed "
-                   "(|ground truth - input| > 0.1) and over the rest, for the generated and the input frame.")
+              help="Comma-separated subset of "
+                   "psnr,psnr_changed,lpips,fid,clip,blip,egovlp,egovlp+. In the default set, EgoVLP scores without a "
+                   "checkpoint (and BLIP without descriptions) are left out with a warning. psnr_changed (not in the "
+                   "paper; needs input frames): PSNR over the pixels the action changed (|ground truth - input| > 0.1) "
+                   "and over the rest, for the generated and the input frame.")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="Folder for metrics.json, samples.csv and report.html (several sets: one subfolder each plus table.csv). "
-                   "Without it, only the table is printed.")
+              help="Folder for metrics.json, samples.csv and report.html (several sets: one "
+                   "subfolder each plus table.csv). Without it, only the table is printed.")
 @click.option("--lpips-net", type=click.Choice(["squeeze", "alex", "vgg"]), default="squeeze", help="LPIPS backbone.")
 @click.option("--lpips-weights", type=click.Path(dir_okay=False),
               help="The backbone's torchvision checkpoint (e.g. squeezenet1_1-b8a52dc0.pth); default: the torch cache "
@@ -35,28 +37,33 @@ from lego_cli.common import echo_result, generation_options, quiet
                    "reproduce their published LPIPS numbers.")
 @click.option("--fid-weights", type=click.Path(dir_okay=False),
               help="InceptionV3 FID weights (weights-inception-2015-12-05-6726825d.pth); default: the torch cache.")
-@click.option("--fid-model", help="A transformers vision model folder whose pooled output replaces InceptionV3's features.")
+@click.option("--fid-model",
+              help="A transformers vision model folder whose pooled output replaces InceptionV3's features.")
 @click.option("--clip-model", default="openai/clip-vit-large-patch14",
               help="CLIP folder or cached hub id (CLIP image score, and the text encoder of the BLIP score).")
 @click.option("--blip-model", "blip_models", multiple=True,
               help="BLIP captioning folder or cached hub id, as TAG=PATH (column blip_TAG); repeatable. "
                    "[default: b=Salesforce/blip-image-captioning-base, l=Salesforce/blip-image-captioning-large]")
 @click.option("--blip-text-encoder", type=click.Choice(["clip", "egovlp"]), default="clip",
-              help="Text encoder of the BLIP score: CLIP (the paper's text) or EgoVLP's DistilBERT branch (the authors' "
-                   "code; the --egovlp checkpoint).")
+              help="Text encoder of the BLIP score: CLIP (the paper's text) or EgoVLP's "
+                   "DistilBERT branch (the authors' code; the --egovlp checkpoint).")
 @click.option("--egovlp", "egovlp", type=click.Path(dir_okay=False),
               help="EgoVLP checkpoint: egovlp.pth (Ego4D) or epic_mir_plus.pth (EPIC-KITCHENS), as the authors publish "
                    "them. Default: egovlp.pth (epic_mir_plus.pth with --egovlp-frames 16) in the torch cache.")
 @click.option("--egovlp-frames", type=int,
-              help="EgoVLP clip length: 4 for Ego4D, 16 for EPIC-KITCHENS.  [default: 16 for an epic* checkpoint, else 4]")
+              help="EgoVLP clip length: 4 for Ego4D, 16 for EPIC-KITCHENS.  [default: 16 for an "
+                   "epic* checkpoint, else 4]")
 @click.option("--egovlp-tokenizer", default="distilbert-base-uncased",
               help="DistilBERT tokenizer folder or cached hub id (EgoVLP text score only).")
-@click.option("--generated-field", help="Generated shards: the image field (default: the first of generated.png/jpg, output.png/jpg "
+@click.option("--generated-field",
+              help="Generated shards: the image field (default: the first of generated.png/jpg, output.png/jpg "
                    "that the set has, for every sample; target.jpg only if it has none).")
 @click.option("--batch-size", default=32, help="Images per batch through every model.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available).")
 @click.option("--workers", default=4, help="Threads decoding images.")
-@click.option("--report-metric", help="Per-image metric that ranks the report's best/worst samples (default: lpips, else clip, else psnr).")
+@click.option("--report-metric",
+              help="Per-image metric that ranks the report's best/worst samples (default: "
+                   "lpips, else clip, else psnr).")
 @click.option("--report-samples", default=8, help="Samples per report grid (best, worst, random).")
 @click.option("--seed", default=0, help="Seed of the report's random samples (and of generate-first mode's images).")
 @generation_options(skip=("seed", "device", "batch_size", "num_images"))   # generate-first mode's
@@ -64,9 +71,9 @@ from lego_cli.common import echo_result, generation_options, quiet
               help="Leave unread (and report as skipped) any file in a shard larger than this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights, lpips_authors_range,
-            fid_weights, fid_model, clip_model, blip_models, blip_text_encoder, egovlp, egovlp_frames, egovlp_tokenizer,
-            generated_field, batch_size, device, workers, report_metric,
+def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips_net, lpips_weights,
+            lpips_authors_range, fid_weights, fid_model, clip_model, blip_models, blip_text_encoder, egovlp,
+            egovlp_frames, egovlp_tokenizer, generated_field, batch_size, device, workers, report_metric,
             report_samples, seed, generate_options, max_member_mb, as_json):
     """Score generated action frames against the ground truth with the paper's metrics: EgoVLP and
     EgoVLP+ (the frame, or the input frame then the frame, as a clip in EgoVLP's video embedding
@@ -119,7 +126,8 @@ def command(ctx, shards, generated, reference, models, vllm, metrics, out, lpips
                                  generate_options={**generate_options, "seed": seed, "device": device})
     else:
         if shards:
-            raise BadInput(f"unexpected argument {shards[0]}: SHARDS go with --model; otherwise use --generated and --reference")
+            raise BadInput(f"unexpected argument {shards[0]}: SHARDS go with --model; otherwise use "
+                           "--generated and --reference")
         if not generated or not reference:
             raise BadInput("give --generated and --reference (or SHARDS with --model)")
         result = evaluate(list(generated), reference, cfg, out=out, progress=progress)

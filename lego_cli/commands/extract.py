@@ -26,17 +26,26 @@ from lego_cli.common import echo_result, quiet
 @click.option("--resize", type=click.Choice(["short", "square"]), default="short",
               help="'short': short side = --size, aspect kept; 'square': --size x --size.")
 @click.option("--quality", default=95, help="JPEG quality of the stored frames.")
-@click.option("--workers", default=0, help="Processes decoding videos (and parts of long ones) in parallel; 0: one per available core, at most 8.")
+@click.option("--workers", default=0,
+              help="Processes decoding videos (and parts of long ones) in parallel; 0: one per "
+                   "available core, at most 8.")
 @click.option("--limit", type=int, help="Only the first N planned pairs.")
-@click.option("--input-offset", default=0.25, help="EPIC-KITCHENS and manifest start_time/stop_time rows: input frame this many seconds before the start.")
-@click.option("--target-fraction", default=0.6, help="EPIC-KITCHENS and manifest start_time/stop_time rows: action frame at start + F * (stop - start).")
-@click.option("--frames-fps", type=float, help="Rate of the released frames (default: 60 for P01-P31 videos, 50 for the extension).")
+@click.option("--input-offset", default=0.25,
+              help="EPIC-KITCHENS and manifest start_time/stop_time rows: input frame this many "
+                   "seconds before the start.")
+@click.option("--target-fraction", default=0.6,
+              help="EPIC-KITCHENS and manifest start_time/stop_time rows: action frame at start + F * (stop - start).")
+@click.option("--frames-fps", type=float,
+              help="Rate of the released frames (default: 60 for P01-P31 videos, 50 for the extension).")
 @click.option("--boxes", type=click.Path(dir_okay=False, exists=True),
-              help='Optional JSONL of boxes for EPIC rows: {"narration_id": ..., "boxes": [{"kind": ..., "box": [x0,y0,x1,y1]}]}.')
+              help='Optional JSONL of boxes for EPIC rows: {"narration_id": ..., "boxes": [{"kind": '
+                   '..., "box": [x0,y0,x1,y1]}]}.')
 @click.option("--max-samples-per-shard", default=1000, help="Start a new shard after this many samples.")
 @click.option("--max-shard-size", default=1 << 30, help="...or after this many bytes.")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="JSONL of skipped pairs with their reasons (default: beside the shards; with --plan: none).")
-@click.option("--plan", "plan_only", is_flag=True, help="Read only the annotations; print one JSON line per planned pair.")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="JSONL of skipped pairs with their reasons (default: beside the shards; with --plan: none).")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Read only the annotations; print one JSON line per planned pair.")
 @click.option("--overwrite", is_flag=True, help="Start over instead of resuming an earlier run with the same --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context

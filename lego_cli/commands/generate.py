@@ -17,8 +17,8 @@ from lego_cli.common import generation_options, quiet
 @click.option("-o", "--out", help="Output file (one prompt) or folder [default: the current folder].")
 @generation_options()
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False),
-              help='JSONL of {"key", "image", "prompt"} requests; writes OUT/{key}.png (.jpg with --authors-postprocess), '
-                   'model loaded once.')
+              help='JSONL of {"key", "image", "prompt"} requests; writes OUT/{key}.png (.jpg '
+                   'with --authors-postprocess), model loaded once.')
 @click.option("--overwrite", is_flag=True, help="With --batch: redo keys whose image already exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @click.pass_context

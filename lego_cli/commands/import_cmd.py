@@ -110,7 +110,8 @@ def vllm(folder, out, vision_tower, trust_pickle, dtype, overwrite, as_json):
 
 @command.command("dataset", context_settings={"show_default": True})
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--split", required=True, type=click.Choice(["train", "val"]), help="Which JSON to import (val is the paper's test set).")
+@click.option("--split", required=True, type=click.Choice(["train", "val"]),
+              help="Which JSON to import (val is the paper's test set).")
 @click.option("--out", required=True, help="Output shard pattern, e.g. data/lego-val-%06d.tar.")
 @click.option("--dataset", "which", type=click.Choice(["ego4d", "epickitchen", "all"]), default="all",
               help="Which of the two datasets' JSON files to import.")

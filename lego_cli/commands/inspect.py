@@ -11,7 +11,8 @@ from lego_cli.common import echo_result
 @click.argument("shards", nargs=-1, required=True)
 @click.option("--full", is_flag=True, help="Decode every image (slower) instead of checking JPEG markers.")
 @click.option("--no-validate", is_flag=True, help="Only count and list; skip the schema checks.")
-@click.option("--strict", is_flag=True, help="Exit 1 when any sample fails validation or any shard is truncated or corrupt.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when any sample fails validation or any shard is truncated or corrupt.")
 @click.option("--max-member-mb", type=click.FloatRange(min=0, min_open=True), default=64, show_default=True,
               help="Leave unread (and report) any file in a shard larger than this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -16,7 +16,8 @@ from lego_cli.common import echo_result, engine_options, quiet
               type=click.Choice(["label", "description", "description+image", "description+text", "description+joint"]),
               help="What the UNet cross-attends to (the paper's ablations).")
 @click.option("--resolution", default=256)
-@click.option("--max-steps", type=click.IntRange(1), help="Optimizer steps (default: the paper's 20,000, unless --epochs).")
+@click.option("--max-steps", type=click.IntRange(1),
+              help="Optimizer steps (default: the paper's 20,000, unless --epochs).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True),
               help="Passes over the shards instead of a step count (ignored with --max-steps).")
 @click.option("--lr", "learning_rate", default=1e-4, help="AdamW learning rate (constant).")
@@ -36,8 +37,10 @@ from lego_cli.common import echo_result, engine_options, quiet
 @click.option("--resample", is_flag=True, help="Draw shards with replacement (multi-node runs with uneven shards).")
 @click.option("--checkpoint-every", default=500)
 @click.option("--keep-checkpoints", default=3)
-@click.option("--resume", type=click.Path(file_okay=False), help="Resume from this checkpoint (default: the run's latest); the run's newer checkpoints move to checkpoints/superseded/. "
-                   "Trust a checkpoint folder as you would code: DeepSpeed's loader unpickles its files.")
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Resume from this checkpoint (default: the run's latest); the run's newer checkpoints move to "
+                   "checkpoints/superseded/. Trust a checkpoint folder as you would code: DeepSpeed's "
+                   "loader unpickles its files.")
 @click.option("--overwrite", is_flag=True, help="Start the run over.")
 @click.option("--val-shards", multiple=True, help="Validation shards: loss and a sample grid every --val-every steps.")
 @click.option("--val-every", default=500)
@@ -45,11 +48,12 @@ from lego_cli.common import echo_result, engine_options, quiet
 @click.option("--val-steps", default=20, help="Sampling steps for the validation grid.")
 @click.option("--seed", default=0)
 @click.option("--log-every", default=10)
-@click.option("--record-keys", is_flag=True, help="Write the keys each rank trained on to RUN/keys-rank{R}.txt (audit data splitting).")
+@click.option("--record-keys", is_flag=True,
+              help="Write the keys each rank trained on to RUN/keys-rank{R}.txt (audit data splitting).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs, learning_rate, engine, no_ema, ema_update, cfg_dropout,
-            snr_gamma,
+def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs, learning_rate, engine, no_ema,
+            ema_update, cfg_dropout, snr_gamma,
             cache_latents, workers, shuffle_buffer, resample, checkpoint_every, keep_checkpoints, resume, overwrite,
             val_shards, val_every, val_samples, val_steps, seed, log_every, record_keys, as_json):
     """Train the LEGO diffusion model: InstructPix2Pix-style, conditioned on the VLLM's
@@ -66,12 +70,12 @@ def command(ctx, shards, out, base, conditioning, resolution, max_steps, epochs,
 
     cfg = TrainConfig(
         shards=list(shards), out=out, base=base, conditioning=conditioning, resolution=resolution,
-        max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, cfg_dropout=cfg_dropout, snr_gamma=snr_gamma, ema=not no_ema,
-        ema_update=ema_update,
+        max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, cfg_dropout=cfg_dropout, snr_gamma=snr_gamma,
+        ema=not no_ema, ema_update=ema_update,
         seed=seed, workers=workers, shuffle_buffer=shuffle_buffer, resample=resample,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite,
-        log_every=log_every, record_keys=record_keys, val_shards=list(val_shards), val_every=val_every, val_samples=val_samples, val_steps=val_steps, progress=not quiet(ctx),
-        engine=engine,
+        log_every=log_every, record_keys=record_keys, val_shards=list(val_shards), val_every=val_every,
+        val_samples=val_samples, val_steps=val_steps, progress=not quiet(ctx), engine=engine,
     )
     if cache_latents:
         from lego_core.diffusion.latents import cache_for_run

@@ -17,7 +17,8 @@ from lego_cli.common import echo_result, engine_options, quiet
 @click.option("--lr", "learning_rate", default=2e-5, help="Peak AdamW learning rate (paper: 2e-5).")
 @click.option("--warmup-ratio", default=0.03, help="Linear warmup share of the steps, then cosine decay to 0.")
 @click.option("--weight-decay", default=0.0)
-@click.option("--max-length", default=2048, help="Cut sequences (image tokens + question + answer) to this many tokens.")
+@click.option("--max-length", default=2048,
+              help="Cut sequences (image tokens + question + answer) to this many tokens.")
 @engine_options(micro_batch=(16, "Micro-batch per device (paper: 16 per GPU)."),
                 grad_accum=(1, "Gradient accumulation steps."), zero_stage=3, offload_params=True)
 @click.option("--no-gradient-checkpointing", is_flag=True, help="Faster, but keeps every activation.")
@@ -30,8 +31,10 @@ from lego_cli.common import echo_result, engine_options, quiet
 @click.option("--resample", is_flag=True, help="Draw shards with replacement (multi-node runs with uneven shards).")
 @click.option("--checkpoint-every", default=500)
 @click.option("--keep-checkpoints", default=2)
-@click.option("--resume", type=click.Path(file_okay=False), help="Resume from this checkpoint (default: the run's latest); the run's newer checkpoints move to checkpoints/superseded/. "
-                   "Trust a checkpoint folder as you would code: DeepSpeed's loader unpickles its files.")
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Resume from this checkpoint (default: the run's latest); the run's newer checkpoints move to "
+                   "checkpoints/superseded/. Trust a checkpoint folder as you would code: DeepSpeed's "
+                   "loader unpickles its files.")
 @click.option("--overwrite", is_flag=True, help="Start the run over.")
 @click.option("--seed", default=0)
 @click.option("--log-every", default=10)

@@ -97,7 +97,8 @@ class AnswerCache:
     def get(self, key: str, req_hash: str) -> dict | None:
         return self.entries.get((key, req_hash))
 
-    def add(self, key: str, req_hash: str, text: str, *, model: str = "", usage: Mapping[str, int] | None = None) -> dict:
+    def add(self, key: str, req_hash: str, text: str, *, model: str = "",
+            usage: Mapping[str, int] | None = None) -> dict:
         entry = {"key": key, "request": req_hash, "model": model, "text": text,
                  "usage": dict(usage or {}), "time": round(time.time(), 3)}
         if not valid_entry(entry):

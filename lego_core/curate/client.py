@@ -286,7 +286,8 @@ class LLMClient:
                     raise BadInput(f"the server at {self.base_url} rejected the API key (HTTP 401): "
                                    "check OPENAI_API_KEY") from None
                 if status == 403:
-                    raise BadInput(f"the server at {self.base_url} refused access (HTTP 403): {redact(_message(e))}") from None
+                    raise BadInput(f"the server at {self.base_url} refused access (HTTP 403): "
+                                   f"{redact(_message(e))}") from None
                 if status == 404:
                     raise BadInput(f"model {request.get('model')!r} or the chat endpoint was not found at "
                                    f"{self.base_url} (HTTP 404): check --llm and --base-url") from None

@@ -49,7 +49,8 @@ def check_config(cfg: CurateConfig) -> None:
     if cfg.backend not in BACKENDS:
         raise BadInput(f"--backend must be one of {', '.join(BACKENDS)}, not {cfg.backend!r}")
     for name, value, low in (("--concurrency", cfg.concurrency, 1), ("--max-attempts", cfg.max_attempts, 1),
-                             ("--max-tokens", cfg.max_tokens, 1), ("--max-samples-per-shard", cfg.max_samples_per_shard, 1),
+                             ("--max-tokens", cfg.max_tokens, 1),
+                             ("--max-samples-per-shard", cfg.max_samples_per_shard, 1),
                              ("--max-retries", cfg.max_retries, 0), ("--min-words", cfg.min_words, 0)):
         if value < low:
             raise BadInput(f"{name} must be >= {low}, not {value}")
@@ -92,8 +93,8 @@ def content_settings(cfg: CurateConfig, prompts: PromptSet | None) -> dict:
 
     if cfg.backend == "template":
         return {"backend": "template"}
-    return {"backend": cfg.backend, "llm": cfg.llm, "base_url": public_url(cfg.base_url), "temperature": cfg.temperature,
-            "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed,
+    return {"backend": cfg.backend, "llm": cfg.llm, "base_url": public_url(cfg.base_url),
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed,
             "examples": file_digest(cfg.examples) if cfg.examples else "built-in",
             "examples_count": len(prompts.examples) if prompts else 0, "min_words": cfg.min_words,
             "max_words": cfg.max_words, "check_topic": cfg.check_topic}

@@ -7,9 +7,10 @@ the cache and only then written to the output shard, in input order (a window of
 waits for a slow one ahead of it). An answer that fails the checks is asked for again, up to
 ``max_attempts`` times, then the sample goes to the rejects file with the reason; so does a sample
 whose input is invalid. A sample that already has a ``curated.txt`` (a description given to
-`lego extract` with your own data) keeps it: nothing is asked for it. A rerun with the same ``--out`` skips the samples already in finished
-shards and asks only for answers not in the cache; ``--overwrite`` rewrites the shards but keeps
-the cache (it never pays twice; delete the cache file to ask again).
+`lego extract` with your own data) keeps it: nothing is asked for it. A rerun with
+the same ``--out`` skips the samples already in finished shards and asks only for
+answers not in the cache; ``--overwrite`` rewrites the shards but keeps the cache (it
+never pays twice; delete the cache file to ask again).
 
 The settings (`CurateConfig`) and the request each sample sends live in `curate.config`.
 """
@@ -80,7 +81,8 @@ class CurateSummary:
                        + (f" ({self.responses_without_usage} responses did not report usage)"
                           if self.responses_without_usage else ""))
         if self.stopped:
-            out.append(f"stopped early: {self.stopped}; {self.remaining} samples left, rerun the same command to continue")
+            out.append(f"stopped early: {self.stopped}; {self.remaining} samples left, rerun "
+                       "the same command to continue")
         out.extend(skipped_lines(self.skipped, self.rejects_file))
         if self.cache_file:
             out.append(f"cache: {self.cache_file}")
@@ -163,7 +165,8 @@ def dry_run(cfg: CurateConfig, out: TextIO = sys.stdout, *, as_json: bool = Fals
         hit = (key, h) in cached
         would_send += not hit
         if as_json:
-            out.write(json.dumps({"key": key, "request_hash": h, "cached": hit, "request": req}, ensure_ascii=False) + "\n")
+            out.write(json.dumps({"key": key, "request_hash": h, "cached": hit, "request": req}, ensure_ascii=False)
+                      + "\n")
         else:
             out.write(f"=== {key}  (request {h[:12]}{', cached' if hit else ''})\n{format_messages(req['messages'])}\n")
         n += 1
@@ -225,8 +228,8 @@ def curate(cfg: CurateConfig, *, progress: bool = True, environ: dict | None = N
     try:
         with open(summary.rejects_file, "w", encoding="utf-8") as rejects_out, \
                 shards.ShardWriter(pattern, max_samples=cfg.max_samples_per_shard, start_index=start_index) as writer, \
-                tqdm(total=max(total - len(done), 0), unit="sample", desc="curate", disable=not progress, dynamic_ncols=True,
-                     file=sys.stderr) as bar:
+                tqdm(total=max(total - len(done), 0), unit="sample", desc="curate", disable=not progress,
+                     dynamic_ncols=True, file=sys.stderr) as bar:
             rejects = Rejects(rejects_out, summary)
             samples = _samples(cfg, urls, rejects)
 
@@ -329,7 +332,8 @@ async def _run_llm(cfg, samples, done, summary, emit, prompts, cache, budget, po
             except LegoError as e:
                 budget.stop(redact(e), fatal=type(e)(redact(e)))
                 return _Result("stopped")
-            reason, detail = f"answer failed the checks: {last[0]}", {"attempts": cfg.max_attempts, "last_answer": last[1]}
+            reason = f"answer failed the checks: {last[0]}"
+            detail = {"attempts": cfg.max_attempts, "last_answer": last[1]}
             cache.add_rejection(key, h, reason, detail)
             return _Result("rejected", reason=reason, detail=detail)
 

@@ -1,8 +1,9 @@
 """Action annotations -> one `Action` per (input frame, action frame) pair to extract.
 
 Two real formats: the EPIC-KITCHENS-100 CSVs (train/validation, 15 columns) and Ego4D FHO's
-`fho_main.json`; your own videos' manifests and image pairs are read by `own`. Reading them touches no video, so `lego extract --plan` is instant even on the
-full files; rows that cannot become a pair are returned as `Reject`s with their reason.
+`fho_main.json`; your own videos' manifests and image pairs are read by `own`. Reading them
+touches no video, so `lego extract --plan` is instant even on the full files; rows that cannot
+become a pair are returned as `Reject`s with their reason.
 """
 
 from __future__ import annotations

@@ -53,10 +53,14 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec(META, "json", "extract", True, "action metadata: ids, label, times, source size, boxes"),
         FieldSpec(CURATED, "txt", "curate", False, "LLM-curated detailed action description (UTF-8)"),
         FieldSpec(ENRICHED, "txt", "enrich", False, "R: the tuned VLLM's enriched description (UTF-8)"),
-        FieldSpec(VLLM_IMG, "npy", "enrich", False, "H_i: VLLM image embedding, M x D float16 (projector output, CLS dropped)"),
-        FieldSpec(VLLM_TXT, "npy", "enrich", False, "H_t: VLLM text embedding, n x D float16 (last hidden state per generated token)"),
-        FieldSpec(INPUT_LATENT, "npy", "train (cache)", False, "optional cached VAE latent of X (the mode, unscaled), C x h x w"),
-        FieldSpec(TARGET_LATENT, "npy", "train (cache)", False, "optional cached VAE latent distribution of Y: mean and log-variance, 2C x h x w"),
+        FieldSpec(VLLM_IMG, "npy", "enrich", False,
+                  "H_i: VLLM image embedding, M x D float16 (projector output, CLS dropped)"),
+        FieldSpec(VLLM_TXT, "npy", "enrich", False,
+                  "H_t: VLLM text embedding, n x D float16 (last hidden state per generated token)"),
+        FieldSpec(INPUT_LATENT, "npy", "train (cache)", False,
+                  "optional cached VAE latent of X (the mode, unscaled), C x h x w"),
+        FieldSpec(TARGET_LATENT, "npy", "train (cache)", False,
+                  "optional cached VAE latent distribution of Y: mean and log-variance, 2C x h x w"),
     )
 }
 
@@ -87,7 +91,8 @@ def make_key(dataset: str, video_id: Any, action_id: Any) -> str:
     parts = [sanitize_key_part(p) for p in (dataset, video_id, action_id)]
     for name, p in zip(("dataset", "video_id", "action_id"), parts):
         if not p:
-            raise BadInput(f"cannot make a sample key: {name} is empty; every action needs a dataset, video_id and action_id")
+            raise BadInput(f"cannot make a sample key: {name} is empty; every action needs a "
+                           "dataset, video_id and action_id")
     return "-".join(parts)
 
 
@@ -344,7 +349,8 @@ def _jpeg_problem(name: str, data: bytes, decode: bool) -> str | None:
     return None
 
 
-def validate_sample(sample: Mapping[str, Any], require: Iterable[str] = (), *, decode_images: bool = False) -> list[str]:
+def validate_sample(sample: Mapping[str, Any], require: Iterable[str] = (), *,
+                    decode_images: bool = False) -> list[str]:
     """The problems with one raw sample (empty list = valid), each a short message naming the field.
 
     ``sample`` is a dict as webdataset yields it (``__key__`` plus raw bytes per file name).

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lego_core.data.schema import CURATED, ENRICHED, INPUT, INPUT_LATENT, META, TARGET, TARGET_LATENT, VLLM_IMG, VLLM_TXT
+from lego_core.data.schema import (CURATED, ENRICHED, INPUT, INPUT_LATENT, META, TARGET, TARGET_LATENT, VLLM_IMG,
+                                    VLLM_TXT)
 from lego_core.diffusion.conditioner import uses_image_embeds, uses_text_embeds
 from lego_core.errors import BadInput
 

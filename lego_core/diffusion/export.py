@@ -60,7 +60,8 @@ def export_pipeline(pipe, denoiser, engine, params, ema, folder: Path, rank: int
             for p in params:
                 if p.ds_status == ZeroParamStatus.AVAILABLE:
                     p.partition()
-    gather = deepspeed.zero.GatheredParameters(list(denoiser.parameters()), modifier_rank=None) if zero3 else nullcontext()
+    gather = (deepspeed.zero.GatheredParameters(list(denoiser.parameters()), modifier_rank=None) if zero3
+              else nullcontext())
     with gather:
         if rank == 0:
             pipe.unet, pipe.conditioner = denoiser.unet, denoiser.conditioner

@@ -232,7 +232,8 @@ class ActionFrameGenerator:
         if Path(model).exists():
             check_model_folder(model)
             conditioning = folder_conditioning(model)
-            if not vllm and not embeddings_given and (uses_image_embeds(conditioning) or uses_text_embeds(conditioning)):
+            if not vllm and not embeddings_given and (uses_image_embeds(conditioning)
+                                                      or uses_text_embeds(conditioning)):
                 raise BadInput(f"the model in {model} is conditioned on VLLM embeddings ({conditioning}); "
                                "pass --vllm LLAVA_DIR")
             info = read_model_info(model)
@@ -286,11 +287,13 @@ class ActionFrameGenerator:
             self.release_vllm()
         self._place()
         o = self.options
-        jobs = [(i, (o.seed if r.seed is None else r.seed) + k) for i, r in enumerate(requests) for k in range(o.num_images)]
+        jobs = [(i, (o.seed if r.seed is None else r.seed) + k) for i, r in enumerate(requests)
+                for k in range(o.num_images)]
         images: dict[int, list] = {}
         for start in range(0, len(jobs), o.batch_size):
             chunk = jobs[start:start + o.batch_size]
-            outs = self._diffuse([requests[i] for i, _ in chunk], [conditions[i] for i, _ in chunk], [s for _, s in chunk])
+            outs = self._diffuse([requests[i] for i, _ in chunk], [conditions[i] for i, _ in chunk],
+                                 [s for _, s in chunk])
             for (i, _), im in zip(chunk, outs):
                 images.setdefault(i, []).append(im)
                 if len(images[i]) == o.num_images:
@@ -344,7 +347,8 @@ class ActionFrameGenerator:
         outs = describe_and_embed(*self.vllm, [r.image for r in asked], [r.prompt for r in asked],
                                   greedy=o.greedy, max_new_tokens=o.max_new_tokens, seed=o.seed,
                                   batch_size=o.batch_size, questions=[
-                                      inference_question(r.prompt, o.question, action=r.question_action) for r in asked])
+                                      inference_question(r.prompt, o.question, action=r.question_action)
+                                      for r in asked])
         for i, out in zip(todo, outs):
             conditions[i] = (out.description, out.image_embeds, out.text_embeds, out.question)
         return conditions

@@ -72,9 +72,9 @@ def provenance(model: str, vllm: str | None, opts: GenerateOptions) -> dict:
     return {"model": model_identity(model), "vllm": model_identity(vllm), "steps": opts.steps,
             "guidance": opts.guidance, "image_guidance": opts.image_guidance, "seed": opts.seed, "size": opts.size,
             "dtype": opts.dtype, "vllm_dtype": opts.vllm_dtype if vllm else None,
-            "vllm_quantize": opts.vllm_quantize if vllm else None, "max_new_tokens": opts.max_new_tokens if vllm else None,
-            "greedy": opts.greedy if vllm else None, "question": opts.question if vllm else None,
-            "post_processing": post}
+            "vllm_quantize": opts.vllm_quantize if vllm else None,
+            "max_new_tokens": opts.max_new_tokens if vllm else None, "greedy": opts.greedy if vllm else None,
+            "question": opts.question if vllm else None, "post_processing": post}
 
 
 def _images_of_the_same_run(folder: str, model: str, vllm: str | None, opts: GenerateOptions):

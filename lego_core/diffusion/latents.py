@@ -86,7 +86,8 @@ def _manifest_path(layout) -> str:
     return os.path.join(layout.folder, MANIFEST)
 
 
-def prepare_cache(urls: list[str], base: str, out_pattern: str, *, resolution: int, overwrite: bool = False) -> list[str]:
+def prepare_cache(urls: list[str], base: str, out_pattern: str, *, resolution: int,
+                  overwrite: bool = False) -> list[str]:
     """Make the cache folder match this run (rank 0 only, before any rank writes): keep it when its
     manifest matches, else wipe it (with a warning) and write the new manifest. ``overwrite`` always
     wipes. Returns the cache shard paths for ``urls``."""
@@ -144,7 +145,8 @@ def cache_latents(shards: list[str], base: str, out_pattern: str, *, resolution:
         barrier()                  # nobody writes before rank 0 has checked (and maybe wiped) the folder
     todo = [i for i in range(len(urls)) if i % world_size == rank and not os.path.exists(paths[i])]
     if todo:
-        _encode(urls, layout, todo, base, resolution=resolution, batch_size=batch_size, device=device, progress=progress)
+        _encode(urls, layout, todo, base, resolution=resolution, batch_size=batch_size, device=device,
+                progress=progress)
     if barrier is not None:
         barrier()                  # every rank's share is written
     missing = [p for p in paths if not os.path.exists(p)]

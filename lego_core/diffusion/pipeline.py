@@ -101,8 +101,10 @@ class LegoPipeline(DiffusionPipeline):
         batch = len(prompts)
         device = self._execution_device
         if self.needs_vllm and (
-            (self.conditioner.config.conditioning in ("description+image", "description+joint") and vllm_image_embeds is None)
-            or (self.conditioner.config.conditioning in ("description+text", "description+joint") and vllm_text_embeds is None)
+            (self.conditioner.config.conditioning in ("description+image", "description+joint")
+             and vllm_image_embeds is None)
+            or (self.conditioner.config.conditioning in ("description+text", "description+joint")
+                and vllm_text_embeds is None)
         ):
             raise ValueError(f"this model ({self.conditioning} conditioning) needs vllm_image_embeds/vllm_text_embeds")
         # The 3-way formula holds for any scales; only s_T = s_I = 1 reduces it to ε(X, C). (diffusers'
@@ -156,9 +158,11 @@ class LegoPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype), return_dict=False)[0]
+            decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype),
+                                      return_dict=False)[0]
             # "raw": the VAE's output as it is (nominally [-1, 1], not clamped), for one's own post-processing
-            images = decoded if output_type == "raw" else self.image_processor.postprocess(decoded, output_type=output_type)
+            images = (decoded if output_type == "raw"
+                      else self.image_processor.postprocess(decoded, output_type=output_type))
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -42,7 +42,8 @@ class TrainConfig:
     learning_rate: float = 1e-4                   # constant, AdamW
     weight_decay: float = 1e-2
     cfg_dropout: float = 0.05                     # text only / both / image only, 5 % each
-    snr_gamma: float | None = None                # Min-SNR loss weighting (Hang et al. 2023); None: the paper's plain MSE
+    snr_gamma: float | None = None                # Min-SNR loss weighting (Hang et al. 2023);
+                                                  # None: the paper's plain MSE
     ema: bool = True
     ema_decay: float = 0.9999
     ema_update: str = "step"                      # "micro-batch": the authors' (4 updates a step at accum 4)
@@ -127,7 +128,8 @@ def plan_text(cfg: TrainConfig, total: int, n_samples: int, world_size: int) -> 
             f"rank(s)) = {total * per_step / max(n_samples, 1):,.1f} epochs of {n_samples:,} samples")
 
 
-def cfg_dropout_masks(batch: int, p: float, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+def cfg_dropout_masks(batch: int, p: float, generator: torch.Generator | None,
+                      device) -> tuple[torch.Tensor, torch.Tensor]:
     """InstructPix2Pix's three-way dropout from one uniform draw: [0, p) drops the text,
     [p, 2p) both, [2p, 3p) the image. Returns (keep_text, keep_image) as 0/1 floats."""
     u = torch.rand(batch, generator=generator, device=device)
@@ -213,7 +215,8 @@ def train(cfg: TrainConfig) -> Path | None:
     if cfg.ema_update not in ("step", "micro-batch"):
         raise BadInput(f"ema_update {cfg.ema_update!r}: use 'step' or 'micro-batch'")
     if looks_local(cfg.base) and not Path(cfg.base).is_dir():
-        raise BadInput(f"--base {cfg.base}: no such folder (an SD-1.5 or InstructPix2Pix diffusers folder, or a hub id)")
+        raise BadInput(f"--base {cfg.base}: no such folder (an SD-1.5 or InstructPix2Pix "
+                       "diffusers folder, or a hub id)")
     urls = expand_shards(cfg.shards)
     first = check_shards_have(urls, cfg.conditioning, cfg.cached_latents)
     n_samples = len(read_keys(urls))
@@ -325,7 +328,8 @@ class DiffusionRecipe(Recipe):
         cfg = self.cfg
         info = {"resolution": cfg.resolution, "validation_steps": cfg.val_steps, "conditioning": cfg.conditioning,
                 "training_steps": step}
-        return export_pipeline(self.pipe, self.denoiser, engine, self.params, self.ema, folder, self.rank, self.zero3, info)
+        return export_pipeline(self.pipe, self.denoiser, engine, self.params, self.ema, folder, self.rank, self.zero3,
+                               info)
 
     def close(self) -> None:
         if self.keys_out is not None:

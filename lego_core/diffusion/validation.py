@@ -48,7 +48,8 @@ def sample_grid(cfg, pipe, module, samples, run, step, logger):
             kw["vllm_image_embeds"] = s["vllm_img"][None].to(module.unet.dtype)
         if "vllm_txt" in s:
             kw["vllm_text_embeds"] = [s["vllm_txt"].to(module.unet.dtype)]
-        out = gen(s["text"], x, num_inference_steps=cfg.val_steps, generator=torch.Generator().manual_seed(i), **kw).images[0]
+        out = gen(s["text"], x, num_inference_steps=cfg.val_steps, generator=torch.Generator().manual_seed(i),
+                  **kw).images[0]
         rows.append([x, out, to_pil(s["target"])])
     r = cfg.resolution
     grid = Image.new("RGB", (3 * r, len(rows) * r))

@@ -48,7 +48,8 @@ def sweep_partial(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.name.endswith((".partial", ".pruned")) or (_STEP.match(p.name) and not (p / "lego-state.json").exists()):
+            unfinished = _STEP.match(p.name) and not (p / "lego-state.json").exists()
+            if p.name.endswith((".partial", ".pruned")) or unfinished:
                 shutil.rmtree(p, ignore_errors=True)
 
 

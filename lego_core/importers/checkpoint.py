@@ -156,7 +156,8 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, trust_
         raise BadInput(f"{src}: no 4-D {compvis.UNET_PREFIX}input_blocks.0.0.weight (the UNet's conv_in)")
     in_channels = int(conv_in.shape[1])
     if in_channels not in (4, 8):
-        raise BadInput(f"{src}: the UNet takes {in_channels} input channels; expected 8 (LEGO/InstructPix2Pix) or 4 (SD)")
+        raise BadInput(f"{src}: the UNet takes {in_channels} input channels; expected 8 "
+                       "(LEGO/InstructPix2Pix) or 4 (SD)")
     unet_cfg = dict(configs["unet"], in_channels=in_channels)
     unet = _empty(lambda: UNet2DConditionModel.from_config(unet_cfg))
     names = {k: compvis.UNET_PREFIX + compvis.unet_to_compvis(k, unet.config) for k in unet.state_dict()}

@@ -14,9 +14,10 @@ of which the authors keep the last layer, as here); both stored float16. "val" i
 the paper. Each action becomes one sample: input.jpg / target.jpg (their JPEG bytes, untouched),
 meta.json (label = "action"; the Ego4D narration cleaned the way `lego extract` cleans it, the raw one
 kept as "narration"; "question_action": the action as the authors' VLLM question words it, "cut the
-onion" for Ego4D (`labels.authors_ego4d_action`), EPIC-KITCHENS' as it is; frame times are not in their release, so t_input = t_target = 0), enriched.txt
-(`llava_forecast_finetune`), vllm_img.npy, vllm_txt.npy. Missing or unreadable files skip the action
-(rejects file beside the shards); rerunning resumes.
+onion" for Ego4D (`labels.authors_ego4d_action`), EPIC-KITCHENS' as it is; frame times are
+not in their release, so t_input = t_target = 0), enriched.txt
+(`llava_forecast_finetune`), vllm_img.npy, vllm_txt.npy. Missing or unreadable files skip
+the action (rejects file beside the shards); rerunning resumes.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ class DatasetImport:
 
     def lines(self) -> list[str]:
         out = [*self.shards] if self.shards else []
-        out.append(f"imported {self.written} samples" + (f", {self.already_done} already done" if self.already_done else "")
+        out.append(f"imported {self.written} samples"
+                   + (f", {self.already_done} already done" if self.already_done else "")
                    + ("" if self.features else " (no --features: no vllm_img.npy / vllm_txt.npy)"))
         if self.skipped:
             out.append(f"skipped {sum(self.skipped.values())}: "
-                       + ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items(), key=lambda kv: -kv[1])) + f" (see {self.rejects_file})")
+                       + ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
+                       + f" (see {self.rejects_file})")
         return out
 
 
@@ -152,7 +155,8 @@ def import_dataset(root: str | os.PathLike, split: str, out: str, *, which: str 
         frames = _frames_dir(root, DATASETS[name][1], split)
         feats = None
         if features is not None:
-            feats = (_feature_dir(Path(features), name, "image", split), _feature_dir(Path(features), name, "text", split))
+            feats = (_feature_dir(Path(features), name, "image", split),
+                     _feature_dir(Path(features), name, "text", split))
         for clip_id, actions in data.items():
             for action_id, entry in actions.items():
                 plan.append((name, clip_id, action_id, entry, frames, feats))
@@ -161,7 +165,8 @@ def import_dataset(root: str | os.PathLike, split: str, out: str, *, which: str 
 
     pattern = sh.shard_pattern(out)
     done, start = sh.prepare_output(pattern, overwrite=overwrite)
-    summary = DatasetImport(out=out, features=features is not None, rejects_file=sidecar(pattern, "import-rejects.jsonl"))
+    summary = DatasetImport(out=out, features=features is not None,
+                            rejects_file=sidecar(pattern, "import-rejects.jsonl"))
     os.makedirs(os.path.dirname(pattern) or ".", exist_ok=True)
     with open(summary.rejects_file, "w", encoding="utf-8") as rejects, \
             sh.ShardWriter(pattern, max_samples=max_samples_per_shard, start_index=start) as writer:

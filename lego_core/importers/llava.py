@@ -15,7 +15,8 @@ The projector. LLaVA v1 projects with ONE linear layer; transformers' LLaVA has 
 (linear, GELU, linear), which cannot represent one linear layer exactly. So a linear projector is
 kept as it is, in `LlavaLinearProjectorForConditionalGeneration` (`lego_core.vllm.linear_llava`):
 transformers' class with the projector swapped for `LinearProjector`, marked by
-`"projector_type": "linear"` in config.json, which `load_vllm` reads to pick the class. ("mlp2x_gelu" projectors are transformers' own MLP.)
+`"projector_type": "linear"` in config.json, which `load_vllm` reads to pick the
+class. ("mlp2x_gelu" projectors are transformers' own MLP.)
 
 The added `<image>` token: its input embedding is never used (image features replace it); its
 output row in `lm_head` is zero and it is listed in `generation_config.suppress_tokens`, so the

@@ -25,7 +25,8 @@ LLAVA_LLAMA_2_TEMPLATE = (
     "{%- set default_system = '" + LLAVA_LLAMA_2_SYSTEM + "' -%}" + _SYSTEM +
     "{%- for message in msgs -%}" + _PARTS +
     "{%- if message['role'] == 'user' -%}"
-    "{%- if loop.first -%}{{ '[INST] <<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}{%- else -%}{{ bos_token + '[INST] ' }}{%- endif -%}"
+    "{%- if loop.first -%}{{ '[INST] <<SYS>>\\n' + sys + '\\n<</SYS>>\\n\\n' }}"
+    "{%- else -%}{{ bos_token + '[INST] ' }}{%- endif -%}"
     + _IMAGES + "{{ " + _TEXT + " + ' [/INST]' }}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{ ' ' }}{% generation %}{{ " + _TEXT + " + ' ' + eos_token }}{% endgeneration %}"

@@ -8,9 +8,10 @@ band along the top, its index as 2×14 large black/white cells: a start mark, 20
 CRC-4 and an end mark. The cells are big enough (1/14 of the width, 6 % of the height) to survive
 H.264, a squash to 256×256 and JPEG, and `read_frame_index` only reads their centres.
 
-The sample (`lego_core.kit.synthetic_sample.make_sample`) mimics the real layouts and annotation formats of EPIC-KITCHENS-100
-(CSV, 59.94 fps videos, frame numbers at 60 fps) and Ego4D FHO (`fho_main.json`, 30 fps), with
-made-up ids that cannot collide with real ones. numpy, PIL and PyAV only: no torch.
+The sample (`lego_core.kit.synthetic_sample.make_sample`) mimics the real layouts and
+annotation formats of EPIC-KITCHENS-100 (CSV, 59.94 fps videos, frame numbers at 60
+fps) and Ego4D FHO (`fho_main.json`, 30 fps), with made-up ids that cannot collide
+with real ones. numpy, PIL and PyAV only: no torch.
 """
 
 from __future__ import annotations

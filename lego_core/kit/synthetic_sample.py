@@ -233,8 +233,9 @@ def make_sample(out_dir, *, seed: int = 0, epic_seconds: float = 24.0, ego4d_sec
                 width: int = 640, height: int = 360) -> dict:
     """The bundled sample: 2 EPIC-style videos (59.94 fps, 8 actions each) and 2 Ego4D-style
     videos (30 fps, 5 actions each, one without critical frames, one rejected) in the official
-    folder layouts, with annotations in the real formats. Ids are made up (P01_91, P02_91: two digits, so the released frames would be 60 fps; and
-    seeded UUIDs) so they never collide with real ones. Returns the paths written.
+    folder layouts, with annotations in the real formats. Ids are made up (P01_91, P02_91:
+    two digits, so the released frames would be 60 fps; and seeded UUIDs) so they never
+    collide with real ones. Returns the paths written.
     """
     out = Path(out_dir)
     epic, ego = out / "epic-kitchens", out / "ego4d"

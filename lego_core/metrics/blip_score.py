@@ -57,11 +57,13 @@ class BlipCaptioner:
     def caption(self, images) -> list[str]:
         import torch
 
-        inputs = self.processor(images=list(images), text=[self.prompt] * len(images), return_tensors="pt").to(self.device)
+        inputs = self.processor(images=list(images), text=[self.prompt] * len(images),
+                                return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = self.model.generate(
-                pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                num_beams=self.num_beams, min_length=self.min_length, max_length=self.max_length, do_sample=False,
+                pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"], num_beams=self.num_beams, min_length=self.min_length,
+                max_length=self.max_length, do_sample=False,
             )
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [strip_prompt(t, self.prompt) for t in texts]

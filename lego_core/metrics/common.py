@@ -108,7 +108,8 @@ def load_pretrained(cls, name: str, what: str, option: str, **kwargs):
     except (OSError, ValueError, EnvironmentError) as e:
         if os.path.isdir(name):
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BadInput(f"{what}: cannot load {name} ({reason}); point {option} at a complete model folder") from None
+            raise BadInput(f"{what}: cannot load {name} ({reason}); point {option} at a complete model "
+                           "folder") from None
         hf_home = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise BadInput(
             f"{what}: '{name}' is not in the Hugging Face cache ({hf_home}) and nothing is downloaded; "

@@ -32,7 +32,8 @@ def hf_feature_extractor(folder: str, device: str = "cpu"):
     cfg_path = os.path.join(folder, "preprocessor_config.json")
     pre = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
     size = pre.get("size", {})
-    size = size.get("shortest_edge") or size.get("height") or getattr(model.config, "image_size", 224) if isinstance(size, dict) else size
+    size = (size.get("shortest_edge") or size.get("height") or getattr(model.config, "image_size", 224)
+            if isinstance(size, dict) else size)
     mean = pre.get("image_mean", [0.485, 0.456, 0.406])
     std = pre.get("image_std", [0.229, 0.224, 0.225])
 
@@ -44,13 +45,16 @@ def hf_feature_extractor(folder: str, device: str = "cpu"):
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
             with torch.no_grad():
-                self.num_features = int(self.forward(torch.zeros(1, 3, self.size, self.size, dtype=torch.uint8, device=device)).shape[-1])
+                self.num_features = int(self.forward(torch.zeros(1, 3, self.size, self.size, dtype=torch.uint8,
+                                                                 device=device)).shape[-1])
 
         def forward(self, x):
             x = x.to(self.mean.device, torch.float32) / 255.0
-            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                                antialias=True)
             out = self.model(pixel_values=(x - self.mean) / self.std)
-            feats = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
+            feats = (out.pooler_output if getattr(out, "pooler_output", None) is not None
+                     else out.last_hidden_state[:, 0])
             return feats.flatten(1)
 
     return HFFeatures()

@@ -44,7 +44,8 @@ def load_lpips(net: str = "squeeze", weights: str | None = None, device: str = "
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise BadInput(f"LPIPS ({net}) backbone: cannot read {path} ({type(e).__name__}); pass --lpips-weights FILE") from None
+        raise BadInput(f"LPIPS ({net}) backbone: cannot read {path} ({type(e).__name__}); "
+                       "pass --lpips-weights FILE") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     # lpips splits torchvision's `features` Sequential into slices whose children keep their index:

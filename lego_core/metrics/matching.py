@@ -162,7 +162,8 @@ class ShardSource(Source):
         self.image_field = image_field or (schema.TARGET if role == "reference" else _generated_field(all_keys, fields))
         self._image_field = {k: self.image_field for k in all_keys if self.image_field in fields(k)}
         if not self._image_field:
-            want = image_field or (schema.TARGET if role == "reference" else " / ".join((*GENERATED_FIELDS, schema.TARGET)))
+            want = image_field or (schema.TARGET if role == "reference"
+                                   else " / ".join((*GENERATED_FIELDS, schema.TARGET)))
             raise BadInput(f"{self.path}: no sample has {want}" +
                            (" (pass --generated-field NAME)" if role == "generated" else ""))
 
@@ -256,7 +257,8 @@ def open_source(spec, role: str, image_field: str | None = None, max_member_mb: 
             if has_tar:
                 raise BadInput(f"{folder} holds both images and .tar shards: pass the shards as files or a pattern")
             return FolderSource(folder)
-    if len(specs) == 1 and not os.path.exists(specs[0]) and not any(c in specs[0] for c in "{*?[") and ":" not in specs[0]:
+    if (len(specs) == 1 and not os.path.exists(specs[0]) and not any(c in specs[0] for c in "{*?[")
+            and ":" not in specs[0]):
         raise BadInput(f"--{role}: {specs[0]} does not exist (a folder of images or shards)")
     return ShardSource(specs, image_field, role, max_member_mb)
 

@@ -74,7 +74,8 @@ def table_text(result: "EvalResult", markdown: bool = False) -> str:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:8px 0 20px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid td{width:200px}.grid img{display:block;max-width:192px;max-height:192px}.meta{width:auto!important;font-size:13px}
 .key{font-family:monospace;font-size:12px;color:#555}.note{color:#666;font-size:13px}
@@ -125,20 +126,22 @@ def changed_region_summary(s: "SetResult") -> str | None:
     c, u, beats = m["psnr_changed"], m["psnr_unchanged"], m.get("psnr_changed_beats_input", {})
     wins = "–" if beats.get("value") is None else f"{beats['value']:.0%}"
     no_input = f", {c.get('no_input', 0)} without an input frame" if c.get("no_input") else ""
-    return (f"{s.name}: changed region (|ground truth − input| > {CHANGE_THRESHOLD}): generated {fmt(c.get('mean'), 2)} dB vs the "
-            f"input frame {fmt(m['input_psnr_changed'].get('mean'), 2)} dB; generated beats input on {wins} of "
-            f"{beats.get('n', 0)} samples; unchanged region: generated {fmt(u.get('mean'), 2)} dB vs input "
-            f"{fmt(m['input_psnr_unchanged'].get('mean'), 2)} dB; {c.get('excluded', 0)} sample(s) left out of "
-            f"psnr_changed (changed region under {MIN_CHANGED_FRACTION:.1%} of the pixels){no_input}")
+    return (f"{s.name}: changed region (|ground truth − input| > {CHANGE_THRESHOLD}): generated "
+            f"{fmt(c.get('mean'), 2)} dB vs the input frame {fmt(m['input_psnr_changed'].get('mean'), 2)} dB; "
+            f"generated beats input on {wins} of {beats.get('n', 0)} samples; unchanged region: generated "
+            f"{fmt(u.get('mean'), 2)} dB vs input {fmt(m['input_psnr_unchanged'].get('mean'), 2)} dB; "
+            f"{c.get('excluded', 0)} sample(s) left out of psnr_changed (changed region under "
+            f"{MIN_CHANGED_FRACTION:.1%} of the pixels){no_input}")
 
 
 def set_html(s: "SetResult", title: str | None = None) -> str:
     by_key = {r["key"]: r for r in s.rows}
     parts = [f"<h1>{html.escape(title or 'lego evaluate: ' + s.name)}</h1>",
-             f"<p>generated: <code>{html.escape(s.generated)}</code><br>reference: <code>{html.escape(s.reference)}</code><br>"
-             f"{s.n} samples evaluated; {s.matching['only_generated']['count']} generated without reference, "
-             f"{s.matching['only_reference']['count']} references without generated image; "
-             f"{s.skipped['total']} skipped (undecodable); {s.resized} generated images resized to their reference.</p>",
+             f"<p>generated: <code>{html.escape(s.generated)}</code><br>reference: "
+             f"<code>{html.escape(s.reference)}</code><br>{s.n} samples evaluated; "
+             f"{s.matching['only_generated']['count']} generated without reference, "
+             f"{s.matching['only_reference']['count']} references without generated image; {s.skipped['total']} "
+             f"skipped (undecodable); {s.resized} generated images resized to their reference.</p>",
              _metric_table(s)]
     changed = changed_region_summary(s)
     if changed:
@@ -149,7 +152,8 @@ def set_html(s: "SetResult", title: str | None = None) -> str:
         if not keys:
             continue
         parts.append(f"<h2>{html.escape(titles[group])}</h2><table class=grid>"
-                     "<tr><th>input</th><th>generated</th><th>ground truth</th><th>label, description, scores</th></tr>")
+                     "<tr><th>input</th><th>generated</th><th>ground truth</th><th>label, "
+                     "description, scores</th></tr>")
         for k in keys:
             t, r = s.thumbs[k], by_key[k]
             scores = "<br>".join(f"{html.escape(c)}: <b>{fmt(r.get(c))}</b>" for c in s.columns)

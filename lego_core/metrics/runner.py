@@ -272,7 +272,8 @@ def evaluate_set(name: str, gen: Source, ref: Source, metrics: Sequence[Metric],
     report_metric = cfg.report_metric or next(
         (c for c in (*PREFERRED_REPORT_METRIC, *columns) if c in columns), None)
     if report_metric is not None and report_metric not in columns:
-        raise BadInput(f"--report-metric {report_metric}: not a per-image metric of this run (have: {', '.join(columns)})")
+        raise BadInput(f"--report-metric {report_metric}: not a per-image metric of this run "
+                       f"(have: {', '.join(columns)})")
     res = SetResult(
         name=name, generated=gen.path, reference=ref.path, matching=m.summary(), n=len(rows), metrics=results,
         rows=ordered, columns=columns, text_columns=text_columns, higher_is_better=hib, skipped=stats.as_dict(),
@@ -372,7 +373,8 @@ def named_sets(generated) -> dict[str, object]:
         if isinstance(item, str) and "=" in item and not os.path.exists(item):
             name, _, spec = item.partition("=")
         if name is None:
-            base = os.path.basename(os.path.normpath(os.fspath(spec))) if isinstance(spec, (str, os.PathLike)) else "set"
+            base = (os.path.basename(os.path.normpath(os.fspath(spec))) if isinstance(spec, (str, os.PathLike))
+                    else "set")
             name = os.path.splitext(base)[0] or "generated"
         base_name, i = name, 2
         while name in out:

@@ -14,7 +14,8 @@
 Importing this package is cheap: torch and transformers are imported inside the functions.
 """
 
-from lego_core.vllm.templates import INFERENCE_QUESTION, QUESTION_TEMPLATES, action_text, inference_question, tuning_question
+from lego_core.vllm.templates import (INFERENCE_QUESTION, QUESTION_TEMPLATES, action_text, inference_question,
+                                      tuning_question)
 
 __all__ = [
     "INFERENCE_QUESTION",

@@ -122,8 +122,8 @@ def content_settings(cfg: EnrichConfig) -> dict:
     if dtype == "auto":
         dtype = "float16" if pick_device(cfg.device).startswith("cuda") else "float32"
     sampling = {} if cfg.greedy else {"temperature": cfg.temperature, "seed": cfg.seed, "batch_size": cfg.batch_size}
-    return {"vllm": model_identity(cfg.vllm), "question": question_template(cfg.question), "greedy": cfg.greedy, **sampling,
-            "max_text_tokens": cfg.max_text_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
+    return {"vllm": model_identity(cfg.vllm), "question": question_template(cfg.question), "greedy": cfg.greedy,
+            **sampling, "max_text_tokens": cfg.max_text_tokens, "max_new_tokens": cfg.max_new_tokens, "dtype": dtype,
             "aspect": cfg.aspect}
 
 
@@ -309,7 +309,8 @@ def enrich(cfg: EnrichConfig, *, progress: bool = True, model=None, processor=No
         log.warning("task %d of %d has no input shard (%d shards for %d tasks): nothing to do",
                     index, count, len(inputs), count)
 
-    summary.rejects_file = cfg.rejects or layout.sidecar( "rejects.jsonl" if count == 1 else f"rejects-{index}-of-{count}.jsonl")
+    summary.rejects_file = cfg.rejects or layout.sidecar("rejects.jsonl" if count == 1
+                                                        else f"rejects-{index}-of-{count}.jsonl")
     prune_rejects(summary.rejects_file, {inputs[j] for j in todo}, cfg.overwrite)
     stats = SkipStats(rejects=summary.rejects_file)  # replaced by a bar-moving one when there is work
 

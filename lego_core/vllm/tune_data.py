@@ -84,7 +84,8 @@ def encode_example(processor, image, question: str, answer: str, *, max_length: 
         keep = torch.zeros(len(ids), dtype=torch.bool)
         keep[n_prompt:] = True
     if n_prompt >= max_length:
-        raise SkipSample(f"the prompt is {n_prompt} tokens (image tokens + question), not under --max-length {max_length}")
+        raise SkipSample(f"the prompt is {n_prompt} tokens (image tokens + question), not under "
+                         f"--max-length {max_length}")
     ids, mask, keep = end_answer_with_eos(processor.tokenizer, ids, enc["attention_mask"][0], keep)
     labels = torch.where(keep, ids, torch.full_like(ids, IGNORE))
     return {"input_ids": ids[:max_length], "attention_mask": mask[:max_length],
@@ -201,7 +202,8 @@ def curated_counts(urls: list[str]) -> tuple[int, int, str | None]:
             for key, field, _ in iter_members(url):
                 keys[key] = keys.get(key, False) or field == CURATED
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise BadInput(f"cannot read shard {url}: {tar_problem(e)}; re-create it, or leave it out of the inputs") from None
+            raise BadInput(f"cannot read shard {url}: {tar_problem(e)}; re-create it, or leave it out of the "
+                           "inputs") from None
         total += len(keys)
         curated += sum(keys.values())
         if lacking is None and not all(keys.values()):

@@ -66,7 +66,8 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "curate_server.py"), "--latency", str(args.latency)],
+    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "curate_server.py"), "--latency",
+                               str(args.latency)],
                               stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip()

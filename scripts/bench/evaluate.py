@@ -111,8 +111,8 @@ def authors_way(gen_dir: str, ref_dir: str, m: dict) -> dict:
 def ours(gen_dir: str, ref_dir: str, m: dict, batch_size: int) -> dict:
     from lego_core.metrics.runner import EvalConfig, evaluate
 
-    cfg = EvalConfig(lpips_weights=m["squeeze"], fid_model=m["fid"], clip_model=m["clip"], blip_models=(f"b={m['blip']}",),
-                     batch_size=batch_size, device="cpu", report_samples=0)
+    cfg = EvalConfig(lpips_weights=m["squeeze"], fid_model=m["fid"], clip_model=m["clip"],
+                     blip_models=(f"b={m['blip']}",), batch_size=batch_size, device="cpu", report_samples=0)
     res = evaluate({"bench": gen_dir}, ref_dir, cfg).sets[0]
     out = {k: (v.get("mean") if "mean" in v else v.get("value")) for k, v in res.metrics.items()}
     out["_seconds"] = res.timings
@@ -140,7 +140,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         m = {"squeeze": os.path.join(tmp, "squeeze.pth"), "clip": str(make_tiny_clip(os.path.join(tmp, "clip"))),
-             "blip": str(make_tiny_blip(os.path.join(tmp, "blip"))), "fid": str(make_tiny_fid_features(os.path.join(tmp, "fid")))}
+             "blip": str(make_tiny_blip(os.path.join(tmp, "blip"))),
+             "fid": str(make_tiny_fid_features(os.path.join(tmp, "fid")))}
         torch.save(torchvision.models.squeezenet1_1().state_dict(), m["squeeze"])
         gen, ref = make_data(tmp, args.n, args.size)
         ours(gen, ref, m, args.batch_size)  # warm-up (first-call overheads), not timed
@@ -149,7 +150,8 @@ def main() -> None:
         cpu = {"ours": [], "authors": []}
         results: dict[str, dict] = {}
         for _ in range(args.repeats):
-            for name, fn in (("ours", lambda: ours(gen, ref, m, args.batch_size)), ("authors", lambda: authors_way(gen, ref, m))):
+            for name, fn in (("ours", lambda: ours(gen, ref, m, args.batch_size)),
+                             ("authors", lambda: authors_way(gen, ref, m))):
                 t0, c0 = time.perf_counter(), time.process_time()
                 res = fn()
                 wall[name].append(time.perf_counter() - t0)
@@ -163,10 +165,14 @@ def main() -> None:
             continue
         if not np.isclose(a[k], b[k], rtol=1e-3, atol=1e-3):
             print(f"warning: {k} differs: ours {a[k]:.5f} vs authors' way {b[k]:.5f}", file=sys.stderr)
-    print(f"{args.n} images {args.size}x{args.size}, torch threads {torch.get_num_threads()}, metrics psnr,lpips,fid,clip,blip")
-    print(f"ours (batched, batch {args.batch_size}):  {t_ours:7.2f} s  {args.n / t_ours:7.2f} images/s  (CPU time {c_ours:.2f} s)")
-    print(f"authors' way (one at a time):   {t_auth:7.2f} s  {args.n / t_auth:7.2f} images/s  (CPU time {c_auth:.2f} s)")
-    print(f"ratio: {t_auth / t_ours:.2f}x wall, {c_auth / c_ours:.2f}x CPU time (best of {args.repeats} interleaved runs each)")
+    print(f"{args.n} images {args.size}x{args.size}, torch threads {torch.get_num_threads()}, "
+          "metrics psnr,lpips,fid,clip,blip")
+    print(f"ours (batched, batch {args.batch_size}):  {t_ours:7.2f} s  {args.n / t_ours:7.2f} images/s  "
+          f"(CPU time {c_ours:.2f} s)")
+    print(f"authors' way (one at a time):   {t_auth:7.2f} s  {args.n / t_auth:7.2f} images/s  "
+          f"(CPU time {c_auth:.2f} s)")
+    print(f"ratio: {t_auth / t_ours:.2f}x wall, {c_auth / c_ours:.2f}x CPU time (best of "
+          f"{args.repeats} interleaved runs each)")
     print("seconds per metric (ours / authors' way, last run): " + ", ".join(
         f"{k} {a['_seconds'].get(k, 0):.2f}/{b['_seconds'][k]:.2f}" for k in b["_seconds"]))
     print("means (ours / authors' way): " + ", ".join(f"{k} {a[k]:.4f}/{b[k]:.4f}" for k in b if not k.startswith("_")))

@@ -145,7 +145,8 @@ def main() -> None:
         # End to end: `lego --help`, and `lego generate` on a saved model (a fresh process each).
         frame.save(tmp / "frame.jpg")
         lego = str(Path(sys.executable).parent / "lego")
-        report["lego_help_s"] = round(timed(lambda: subprocess.run([lego, "--help"], check=True, capture_output=True), 3), 3)
+        report["lego_help_s"] = round(timed(lambda: subprocess.run([lego, "--help"], check=True, capture_output=True),
+                                            3), 3)
         report["lego_generate_end_to_end_s"] = round(timed(lambda: subprocess.run(
             [lego, "-q", "generate", str(tmp / "frame.jpg"), "cut onion", "--model", str(tmp / "lego"), "--steps",
              str(args.steps), "--size", "256", "-o", str(tmp / "out.png")], check=True, capture_output=True), 1), 2)

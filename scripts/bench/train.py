@@ -69,7 +69,8 @@ def main() -> None:
              "text": ["cut onion with the knife in the right hand"] * b, "key": [str(i) for i in range(b)]}
 
     # Reference: plain PyTorch, as the diffusers script.
-    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None,
+                                                                 requires_safety_checker=False)
     ref.vae.requires_grad_(False)
     ref.text_encoder.requires_grad_(False)
     ref_step = reference_step_fn(ref, batch, torch.optim.AdamW(ref.unet.parameters(), lr=1e-4))

@@ -44,9 +44,9 @@ def build(size: str, dtype):
     text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(processor.image_token),
-                         image_seq_length=576, vision_feature_select_strategy="default", vision_feature_layer=-2,
-                         projector_hidden_act="gelu")
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tok.convert_tokens_to_ids(processor.image_token), image_seq_length=576,
+                         vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu")
     return LlavaForConditionalGeneration._from_config(config, dtype=dtype), processor
 
 

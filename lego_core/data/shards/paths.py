@@ -95,7 +95,8 @@ def _placeholder(pattern: str) -> re.Match | None:
     base = os.path.basename(pattern)
     if re.search(r"\{[^}]*\.\.[^}]*\}", base):
         # a brace range names shards to read; writing needs a placeholder for the index
-        raise BadInput(f"output pattern {pattern} is a brace range: use %06d for the shard index, e.g. out/shard-%06d.tar")
+        raise BadInput(f"output pattern {pattern} is a brace range: use %06d for the shard "
+                       "index, e.g. out/shard-%06d.tar")
     return _PRINTF.search(base) or _BRACE.search(base)
 
 

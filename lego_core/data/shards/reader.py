@@ -69,7 +69,8 @@ class SkipStats:
             ex.append(key)
         if self.rejects:
             with open(self.rejects, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "url": url, "reason": reason, "detail": detail}, ensure_ascii=False) + "\n")
+                f.write(json.dumps({"key": key, "url": url, "reason": reason, "detail": detail}, ensure_ascii=False)
+                        + "\n")
 
     def summary(self) -> str:
         if not self.counts:

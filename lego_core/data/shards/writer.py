@@ -76,7 +76,8 @@ def encode_value(name: str, value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")
     if name.endswith("npy") and hasattr(value, "__array__"):
         return encode_npy(value)
-    raise TypeError(f"cannot encode field {name!r} of type {type(value).__name__}: pass bytes, str, a dict for .json or an array for .npy")
+    raise TypeError(f"cannot encode field {name!r} of type {type(value).__name__}: pass bytes, str, a dict for "
+                    ".json or an array for .npy")
 
 
 def _tar_size(n: int) -> int:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Where the authors publish the checkpoints (EgoVLP's README; LEGO ships both in its metric bundle).
 OFFICIAL = {
-    "egovlp.pth": ("Ego4D, 4 frames", "EgoVLP_PT_BEST, https://drive.google.com/file/d/1-cP3Gcg0NGDcMZalgJ_615BQdbFIbcj7"),
+    "egovlp.pth": ("Ego4D, 4 frames",
+                   "EgoVLP_PT_BEST, https://drive.google.com/file/d/1-cP3Gcg0NGDcMZalgJ_615BQdbFIbcj7"),
     "epic_mir_plus.pth": ("EPIC-KITCHENS, 16 frames",
                           "EgoVLP_FT_EPIC+, https://drive.google.com/file/d/1-SOQeXc-xSn544sJzgFLhC95hkQsm0BR"),
 }
@@ -128,7 +129,8 @@ def load_state_dict_strict(model, sd: dict, path: str = "checkpoint") -> None:
     sd = {k: v for k, v in sd.items() if not (k in IGNORED_KEYS and k not in own)}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -191,12 +191,14 @@ class SpaceTimeViT(nn.Module):
         if t > self.num_frames:
             raise ValueError(f"{t} frames given; this model has temporal embeddings for {self.num_frames}")
         if tuple(video.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f"frames of {tuple(video.shape[-2:])} given; this model takes {self.img_size}×{self.img_size}")
+            raise ValueError(f"frames of {tuple(video.shape[-2:])} given; this model takes "
+                             f"{self.img_size}×{self.img_size}")
         n = self.patches_per_frame
         x = self.patch_embed(video)
         # Patch position p of frame f: pos_embed[1 + p] + temporal_embed[f]; the CLS token: pos_embed[0].
         pos = self.pos_embed[:, 1:].unsqueeze(1) + self.temporal_embed[:, :t].unsqueeze(2)  # 1×T×N×D
-        x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1), x + pos.reshape(1, t * n, -1)], dim=1)
+        x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1), x + pos.reshape(1, t * n, -1)],
+                      dim=1)
         for blk in self.blocks:
             x = blk(x, t, n)
         return self.norm(x)[:, 0]
