@@ -501,7 +501,11 @@ def test_import_with_a_base_keeps_the_base_tokenizer_class(tmp_path, plain_ckpt)
 # --- 10. train's export and checkpoint pruning leave nothing stale or half-deleted ---------------------
 
 
-def test_export_starts_from_an_empty_partial_folder(tmp_path):
+def test_export_starts_from_an_empty_temp_folder_and_replaces_the_model(tmp_path):
+    import subprocess
+    import sys
+
+    from lego_core.atomic import temp_name
     from lego_core.diffusion.export import save_replacing
 
     class Pipe:
@@ -509,11 +513,17 @@ def test_export_starts_from_an_empty_partial_folder(tmp_path):
             os.makedirs(folder, exist_ok=True)
             Path(folder, "model_index.json").write_text("{}")
 
-    stale = tmp_path / "model.partial" / "conditioner"
-    stale.mkdir(parents=True)                          # left by an export killed mid-way
-    (stale / "config.json").write_text("{}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):     # left by exports killed mid-way: another process's, and this pid's
+        stale = Path(temp_name(tmp_path / "model", pid)) / "conditioner"
+        stale.mkdir(parents=True)
+        (stale / "config.json").write_text("{}")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "unet.bin").write_text("an earlier export")
     save_replacing(Pipe(), tmp_path / "model", {"resolution": 64, "validation_steps": 2})
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["lego.json", "model_index.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 def test_checkpoint_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):

@@ -76,13 +76,17 @@ def export_pipeline(pipe, denoiser, engine, params, ema, folder: Path, rank: int
 
 
 def save_replacing(pipe, folder: Path, info: dict) -> None:
-    """`pipe.save_pretrained` (and `lego.json`) into `folder.partial`, emptied first (a killed
-    export's files must not end up in the model), then swapped in for `folder`."""
+    """`pipe.save_pretrained` (and `lego.json`) into this process's temp folder beside `folder`
+    (`atomic.temp_name`), emptied first and with killed exports' temps removed (their files must
+    not end up in the model), then swapped in for `folder` (`atomic.replace_folder`: a kill
+    leaves the old or the new model there, never neither)."""
     import shutil
 
-    tmp = folder.with_name(folder.name + ".partial")
+    from lego_core.atomic import remove_stale_temps, replace_folder, temp_name
+
+    remove_stale_temps(folder.parent, lambda name: name == folder.name)
+    tmp = Path(temp_name(folder))
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
     write_model_info(tmp, **info)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    replace_folder(tmp, folder)

@@ -204,6 +204,9 @@ def save_checkpoint(engine, folder: str | Path, step: int, state: dict, *, rank:
             # the other ranks left waiting at the barrier below
             dest = _move_aside(folder, [final], f"replaced-{tag}")
             log.warning("%s already existed: moved to %s", final, dest)
+        # Not `lego_core.atomic`: every rank writes into this one folder (DeepSpeed names it from
+        # the tag, so it cannot carry one writer's pid), and rank 0 renames it once all have
+        # finished; `sweep_partial` removes what a killed run leaves.
         os.replace(partial, final)
         prune_checkpoints(folder, keep, final)
     if dist.is_initialized():

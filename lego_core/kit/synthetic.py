@@ -344,6 +344,8 @@ def write_video(path, n_frames: int, frame: Callable[[int], np.ndarray], *, fps=
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
     gop = max(1, round(gop_seconds * fps))
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Not `atomic.atomic_path`: PyAV picks the container from the file's suffix, which the
+    # toolkit's temp names (`.{name}.tmp-{pid}`) do not end with.
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     fmt = "mp4" if path.suffix.lower() in (".mp4", ".m4v") else None
     time_base = Fraction(fps.denominator, fps.numerator)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lego_core.atomic import atomic_path
 from lego_core.errors import BadInput
 
 MAX_UPLOAD_MB = 20
@@ -83,10 +84,8 @@ def keep_upload(path: str | Path, uploads: Path) -> Path:
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
     kept = uploads / f"{digest}{src.suffix.lower() or '.png'}"
     if not kept.exists():
-        uploads.mkdir(parents=True, exist_ok=True)
-        tmp = kept.with_name(f".{kept.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(kept)
+        with atomic_path(kept) as tmp:        # two sessions uploading one frame never share a temp
+            shutil.copyfile(src, tmp)
     return kept
 
 
