@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO, run_cli
 from lego_core.engine import checkpoint as ckpt
-from lego_core.engine.config import EngineOptions, deepspeed_config, engine_config
+from lego_core.engine.config import EngineOptions, deepspeed_config, engine_config, plain_engine_on_one_rank
 from lego_core.engine.launch import detect_launch, slurm_head_node
 from lego_core.errors import BadInput
 
@@ -226,6 +226,59 @@ def test_tune_vllm_steps_by_the_files_accumulation(llava, shards, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # 3. "auto" values, and only those
+
+
+@pytest.mark.parametrize("world, opts, plain", [
+    (1, EngineOptions(zero_stage=2, precision="fp32"), True),
+    (1, EngineOptions(zero_stage=1, precision="fp32"), True),
+    (2, EngineOptions(zero_stage=2, precision="fp32"), False),            # something to partition
+    (1, EngineOptions(zero_stage=2, precision="bf16"), False),            # ZeRO's mixed precision
+    (1, EngineOptions(zero_stage=2, precision="fp32", offload_optimizer=True), False),
+    (1, EngineOptions(zero_stage=3, precision="fp32"), False),
+])
+def test_one_rank_fp32_runs_the_plain_engine_unless_zero_does_something(world, opts, plain):
+    config = deepspeed_config(opts, world)
+    assert plain_engine_on_one_rank(config, opts, world) is plain
+    assert (config["zero_optimization"] == {"stage": 0}) is plain
+
+
+def test_a_deepspeed_file_keeps_its_zero_on_one_rank(tmp_path):
+    opts = EngineOptions(deepspeed_config=write(tmp_path / "ds.json", {"zero_optimization": {"stage": 2}}))
+    config = deepspeed_config(opts, 1)
+    assert not plain_engine_on_one_rank(config, opts, 1) and config["zero_optimization"]["stage"] == 2
+
+
+def test_one_rank_trains_without_zero_and_still_resumes_a_zero_checkpoint(base, shards, tmp_path):
+    """--zero 2 on one rank in fp32: the plain engine (no ZeRO files in the checkpoint). A run
+    checkpointed under ZeRO-2 (here by a --deepspeed file) resumes under ZeRO-2 with the same flags:
+    its optimizer state is in ZeRO's files, which the plain engine cannot read."""
+    plain = tmp_path / "plain"
+    r = run_cli("-q", "train", str(shards), "--base", base, "--out", plain, *TRAIN, "--max-steps", "1", "--zero", "2")
+    assert r.exit_code == 0, r.output
+    assert json.loads((plain / "train-config.json").read_text())["resolved"]["deepspeed"]["zero_optimization"] == \
+        {"stage": 0}
+    assert not list((plain / "checkpoints" / "step-00000001").glob("zero_pp_rank_*"))
+
+    run = tmp_path / "run"
+    ds = write(tmp_path / "ds.json", {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+                                      "zero_optimization": {"stage": 2}, "steps_per_print": 10 ** 9})
+    assert run_cli("-q", "train", str(shards), "--base", base, "--out", run, *TRAIN, "--max-steps", "1",
+                   "--deepspeed", ds).exit_code == 0
+    assert list((run / "checkpoints" / "step-00000001").glob("zero_pp_rank_*"))
+    r = run_cli("-q", "train", str(shards), "--base", base, "--out", run, *TRAIN, "--max-steps", "2", "--zero", "2")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "train-config.json").read_text())["resolved"]["deepspeed"]["zero_optimization"] == \
+        {"stage": 2}
+    assert deepspeed_steps(run / "checkpoints" / "step-00000002") == 2
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel():
+    from lego_core.engine.optim import adamw
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert adamw(params, "cpu", lr=1e-4).defaults["fused"] is True
+    assert adamw(params, torch.device("cuda", 1), lr=1e-4).defaults["fused"] is True
+    assert not adamw(params, "mps", lr=1e-4).defaults["fused"]
 
 
 def test_only_auto_values_are_refused_naming_the_key(tmp_path):

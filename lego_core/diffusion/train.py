@@ -248,6 +248,7 @@ class DiffusionRecipe(Recipe):
     def build(self, ds_config: dict, total: int):
         from lego_core.diffusion.build import build_from_pretrained, quiet_loading
         from lego_core.diffusion.data import vllm_width_of
+        from lego_core.engine.optim import adamw
 
         cfg = self.cfg
         quiet_loading()
@@ -258,7 +259,8 @@ class DiffusionRecipe(Recipe):
             frozen.eval()
         self.denoiser = Denoiser(self.pipe.unet, self.pipe.conditioner)
         self.params = trainable_parameters(self.denoiser)
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = adamw(self.params, "cpu" if cfg.engine.offload_optimizer else self.device,
+                          lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)     # constant, as the paper
         if cfg.engine.offload_optimizer:
             ds_config["zero_force_ds_cpu_optimizer"] = False

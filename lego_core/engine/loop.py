@@ -81,15 +81,28 @@ class Recipe:
         pass
 
 
+def start_engine(model, optimizer, lr_sched, params, ds_config: dict, world: int):
+    """The DeepSpeed engine for `ds_config`. On one rank without ZeRO it skips the gradient
+    "all-reduce" after each backward: the plain engine flattens every gradient into buffers,
+    reduces them over the ranks and copies them back, which over one rank only copies. (ZeRO's
+    reduction is part of its optimizer; `plain_engine_on_one_rank` is what avoids that one.)"""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_sched,
+                                           config=ds_config, model_parameters=params)
+    if world == 1 and not ds_config.get("zero_optimization", {}).get("stage"):
+        engine.enable_backward_allreduce = False
+    return engine
+
+
 def run_training(recipe: Recipe, n_samples: int) -> Path | None:
     """Train with ``recipe`` to its total steps (resuming when the run folder holds a checkpoint);
     returns the exported model folder on rank 0, None on the other ranks. A collective call."""
-    import deepspeed
     import torch
 
     from lego_core.data.shards import SkipStats
     from lego_core.engine import checkpoint as ckpt
-    from lego_core.engine.config import engine_config
+    from lego_core.engine.config import engine_config, plain_engine_on_one_rank
     from lego_core.engine.logger import RunLogger
     from lego_core.engine.stream import batch_stream
 
@@ -98,10 +111,10 @@ def run_training(recipe: Recipe, n_samples: int) -> Path | None:
 
     torch.manual_seed(cfg.seed + rank)
     ds_config = engine_config(cfg.engine, world)     # a --deepspeed file's batch / accumulation win
+    plain_engine_on_one_rank(ds_config, cfg.engine, world, resume_from)
     total = recipe.total_steps(n_samples)
     model, optimizer, lr_sched, params = recipe.build(ds_config, total)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_sched,
-                                           config=ds_config, model_parameters=params)
+    engine = start_engine(model, optimizer, lr_sched, params, ds_config, world)
     recipe.ready(engine, ds_config)
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
@@ -165,4 +178,4 @@ def run_training(recipe: Recipe, n_samples: int) -> Path | None:
     return out if rank == 0 else None
 
 
-__all__ = ["Recipe", "run_training"]
+__all__ = ["Recipe", "run_training", "start_engine"]

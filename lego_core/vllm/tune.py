@@ -129,10 +129,11 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _optimizer(params, cfg: TuneConfig, ds_config: dict):
-    """torch AdamW (no FusedAdam JIT build); with optimizer offload, DeepSpeed's CPU Adam when it
-    builds (in place and vectorised: what a 7B model's 112 GB of states need), else torch's."""
-    import torch
+def _optimizer(params, cfg: TuneConfig, ds_config: dict, device):
+    """torch AdamW (no FusedAdam JIT build; torch's fused kernel where it has one); with optimizer
+    offload, DeepSpeed's CPU Adam when it builds (in place and vectorised: what a 7B model's 112 GB
+    of states need), else torch's on the CPU."""
+    from lego_core.engine.optim import adamw
 
     kw = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     if ds_config.get("zero_optimization", {}).get("offload_optimizer"):
@@ -144,7 +145,8 @@ def _optimizer(params, cfg: TuneConfig, ds_config: dict):
             log.warning("DeepSpeedCPUAdam unavailable (%s); using torch.optim.AdamW on the CPU (slower)",
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
             ds_config["zero_force_ds_cpu_optimizer"] = False
-    return torch.optim.AdamW(params, **kw)
+        device = "cpu"
+    return adamw(params, device, **kw)
 
 
 def total_steps(cfg: TuneConfig, n_samples: int, world_size: int) -> int:
@@ -233,7 +235,7 @@ class TuneRecipe(Recipe):
         params = freeze_vision_tower(model, freeze=not cfg.train_vision_tower)
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
-        optimizer = _optimizer(params, cfg, ds_config)
+        optimizer = _optimizer(params, cfg, ds_config, self.device)
         self.warmup = math.ceil(cfg.warmup_ratio * total)
         lr_sched = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=self.warmup, num_training_steps=total)
         return model, optimizer, lr_sched, params
