@@ -34,6 +34,9 @@ class DemoConfig:
     resolution: int = 32                   # the diffusion model's: 16x16 latents with the factor-2 VAE
     vae_channels: tuple[int, ...] = (16, 32)          # 2 blocks: VAE factor 2
     unet_channels: tuple[int, ...] = (32, 64)
+    # The tiny UNet starts from random weights and predicts v (SD-2's target) rather than SD-1.5's
+    # ε: on the reduced world it reaches at 250 steps what ε reaches at 1000 (see README).
+    prediction_type: str = "v_prediction"
     vae_steps: int = 400
     tune_epochs: float = 20.0
     tune_lr: float = 2e-3
@@ -145,22 +148,28 @@ class Demo:
 
     # -- models ----------------------------------------------------------------------------------
 
-    def models(self, curated: dict) -> dict:
-        """The tiny starting points (what real users download: LLaVA, SD-1.5). SD's VAE is trained;
-        this one is fitted to the world's training frames, then its held-out round trip is measured."""
+    def models(self) -> dict:
+        """The tiny starting points (what real users download: LLaVA, SD-1.5), random."""
         from lego_core.kit import make_tiny_llava, make_tiny_sd
-        from lego_core.kit.vae_fit import fit_vae
 
         m = self.path("models")
         r = self.cfg.resolution
         factor = 2 ** (len(self.cfg.vae_channels) - 1)
         sd = make_tiny_sd(m / "sd-base", sample_size=r // factor, unet_block_out_channels=self.cfg.unet_channels,
-                          cross_attention_dim=32, vae_block_out_channels=self.cfg.vae_channels, seed=self.cfg.seed)
-        vae = fit_vae(sd, _frames(curated["train"]), _frames(curated["test"]), size=r, steps=self.cfg.vae_steps,
-                      seed=self.cfg.seed, progress=self.cfg.progress)
+                          cross_attention_dim=32, vae_block_out_channels=self.cfg.vae_channels, seed=self.cfg.seed,
+                          prediction_type=self.cfg.prediction_type)
         llava = make_tiny_llava(m / "llava-base", image_size=48, patch_size=8, text_hidden=128, position_codes=True,
                                 seed=self.cfg.seed)
-        return {"llava": str(llava), "sd": str(sd), "vae": vae}
+        return {"llava": str(llava), "sd": str(sd)}
+
+    def fit_vae(self, curated: dict, models: dict) -> dict:
+        """SD's VAE is trained; the kit's is fitted to the world's training frames here, then its
+        held-out round trip is measured."""
+        from lego_core.kit.vae_fit import fit_vae
+
+        return {"vae": fit_vae(models["sd"], _frames(curated["train"]), _frames(curated["test"]),
+                               size=self.cfg.resolution, steps=self.cfg.vae_steps, seed=self.cfg.seed,
+                               progress=self.cfg.progress)}
 
     def tune(self, curated: dict, models: dict, n_train: int) -> dict:
         from lego_core.engine.config import EngineOptions
@@ -206,50 +215,72 @@ class Demo:
                                  precision="fp32")))
         return {"model": str(model), "run": str(run)}
 
-    def train_side_by_side(self, enriched: dict, models: dict, conditionings: tuple[str, ...], n_train: int) -> dict:
-        """Each conditioning's training, the unfinished ones in parallel processes, one per CPU core
-        (tiny models use a second thread poorly: two runs side by side take ≈ the time of one)."""
+    def side_by_side(self, jobs: dict[str, tuple[str, tuple]], shown: str) -> dict[str, dict]:
+        """Stages that do not need each other, `name: (Demo method, args)`, the unfinished ones in
+        parallel processes, one per CPU core (tiny models use a second thread poorly: two side by
+        side take about the time of one). Only `shown`'s progress bar is drawn."""
+        todo = {n: job for n, job in jobs.items() if not (self.done_dir / f"{n}.json").is_file()}
+        results = self.in_children(todo, shown)
+        done = {n: self.stage(n, lambda n=n: results[n]) for n in jobs}
+        for n in results:   # the stage timed a dict lookup; report the work's own time
+            self.timings[n] = results[n]["seconds"]
+        return done
+
+    def in_children(self, jobs: dict[str, tuple[str, tuple]], shown: str | None) -> dict[str, dict]:
+        """`name: (Demo method, args)` → `name: result` (with its "seconds"), in spawned processes
+        on a share of the cores each; in this process when there are fewer than two jobs or cores."""
         import os
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        name = lambda cond: f"train-{cond.replace('+', '-')}"  # noqa: E731
-        todo = [c for c in conditionings if not (self.done_dir / f"{name(c)}.json").is_file()]
-        workers = min(len(todo), os.cpu_count() or 1)
+        workers = min(len(jobs), os.cpu_count() or 1)
         if workers < 2:
-            return {c: self.stage(name(c), lambda c=c: self.train(enriched, models, c, n_train)) for c in conditionings}
+            return {n: _timed(self, method, args) for n, (method, args) in jobs.items()}
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            # one progress bar: the main model's
-            runs = {c: pool.submit(_train_in_child, self.cfg, c == MAIN, threads, enriched, models, c, n_train)
-                    for c in todo}
-            trained = {c: self.stage(name(c), runs[c].result if c in runs else None) for c in conditionings}
-        for c in runs:   # the stage timed its wait for the result; report the training's own time
-            self.timings[name(c)] = trained[c]["seconds"]
-        return trained
+            futures = {n: pool.submit(_method_in_child, self.cfg, n == shown, threads, method, args)
+                       for n, (method, args) in jobs.items()}
+            return {n: f.result() for n, f in futures.items()}
 
     # -- evidence ----------------------------------------------------------------------------------
 
     def evaluate(self, source: dict, enriched: dict, trained: dict[str, dict], tuned: dict, models: dict) -> dict:
-        from lego_core import evidence
         from lego_core.demo_report import write_learning_report
 
-        c = self.cfg
-        cases = evidence.read_cases([enriched["test"]], _scenes(source["split"]), _verbs_for())
-        rows = {}
-        for conditioning, t in trained.items():
-            gen = _generator(t["model"], tuned["vllm"], c)
-            round_trip = evidence.vae_round_trip(t["model"], c.resolution)
-            result = evidence.measure(cases, gen, seed=c.seed, round_trip=round_trip)
-            rows[conditioning] = result
-        ask = dict(max_new_tokens=c.max_new_tokens, question=DEMO_QUESTION)
-        vllm = {"tuned": evidence.vllm_description_scores(tuned["vllm"], cases, **ask),
-                "untuned": evidence.vllm_description_scores(models["llava"], cases, **ask),
-                "tuned, blank image": evidence.vllm_description_scores(tuned["vllm"], cases, blank=True, **ask)}
+        jobs = {cond: ("measure_model", (source, enriched, t["model"], tuned)) for cond, t in trained.items()}
+        jobs["vllm"] = ("vllm_scores", (source, enriched, tuned, models))
+        results = self.in_children(jobs, None)
+        vllm = results.pop("vllm")["scores"]
+        rows = {cond: results[cond]["result"] for cond in trained}
         out = self.path("eval")
-        summary = write_learning_report(out, cases, rows, vllm, models.get("vae"), main=MAIN,
+        summary = write_learning_report(out, self.cases(source, enriched), rows, vllm, models.get("vae"), main=MAIN,
                                         test_shards=[enriched["test"]])
         return {"report": str(out / "report.html"), "metrics": str(out / "metrics.json"), **summary}
+
+    def cases(self, source: dict, enriched: dict) -> list:
+        from lego_core import evidence
+
+        return evidence.read_cases([enriched["test"]], _scenes(source["split"]), _verbs_for())
+
+    def measure_model(self, source: dict, enriched: dict, model: str, tuned: dict) -> dict:
+        """The held-out evidence of one trained model: true and wrong actions, generated and scored."""
+        from lego_core import evidence
+
+        c = self.cfg
+        result = evidence.measure(self.cases(source, enriched), _generator(model, tuned["vllm"], c), seed=c.seed,
+                                  round_trip=evidence.vae_round_trip(model, c.resolution))
+        return {"result": result}
+
+    def vllm_scores(self, source: dict, enriched: dict, tuned: dict, models: dict) -> dict:
+        """What the tuned VLLM's held-out descriptions get right, beside the untuned one's and a blank image's."""
+        from lego_core import evidence
+
+        cases = self.cases(source, enriched)
+        ask = dict(max_new_tokens=self.cfg.max_new_tokens, question=DEMO_QUESTION)
+        return {"scores": {
+            "tuned": evidence.vllm_description_scores(tuned["vllm"], cases, **ask),
+            "untuned": evidence.vllm_description_scores(models["llava"], cases, **ask),
+            "tuned, blank image": evidence.vllm_description_scores(tuned["vllm"], cases, blank=True, **ask)}}
 
     # -- the whole run ---------------------------------------------------------------------------
 
@@ -260,10 +291,16 @@ class Demo:
         extracted = self.stage("extract", lambda: self.extract(source))
         split = self.stage("split", lambda: self.split(extracted, source))
         curated = self.stage("curate", lambda: self.curate(split))
-        models = self.stage("models", lambda: self.models(curated))
-        tuned = self.stage("tune-vllm", lambda: self.tune(curated, models, split["train_samples"]))
+        models = self.stage("models", self.models)
+        n_train = split["train_samples"]
+        first = self.side_by_side({"fit-vae": ("fit_vae", (curated, models)),
+                                   "tune-vllm": ("tune", (curated, models, n_train))}, shown="tune-vllm")
+        models = {**models, "vae": first["fit-vae"]["vae"]}
+        tuned = first["tune-vllm"]
         enriched = self.stage("enrich", lambda: self.enrich(curated, tuned))
-        trained = self.train_side_by_side(enriched, models, (MAIN, *self.cfg.ablation), split["train_samples"])
+        trained = self.side_by_side({_train_stage(c): ("train", (enriched, models, c, n_train))
+                                     for c in (MAIN, *self.cfg.ablation)}, shown=_train_stage(MAIN))
+        trained = {c: trained[_train_stage(c)] for c in (MAIN, *self.cfg.ablation)}
         evaluated = self.stage("evaluate", lambda: self.evaluate(source, enriched, trained, tuned, models))
         return {"out": str(self.root), "artefacts": self.artefacts, "table": evaluated["table"],
                 "passed": evaluated["passed"], "report": evaluated["report"], "seconds": self.timings}
@@ -273,17 +310,25 @@ def run_demo(cfg: DemoConfig) -> dict:
     return Demo(cfg).run()
 
 
-def _train_in_child(cfg: DemoConfig, progress: bool, threads: int, *args) -> dict:
-    """`Demo.train` in a worker process of `train_side_by_side`, on its share of the cores."""
+def _train_stage(conditioning: str) -> str:
+    return f"train-{conditioning.replace('+', '-')}"
+
+
+def _timed(demo: Demo, method: str, args: tuple) -> dict:
+    t = time.perf_counter()
+    result = getattr(demo, method)(*args)
+    return {**result, "seconds": round(time.perf_counter() - t, 1)}
+
+
+def _method_in_child(cfg: DemoConfig, progress: bool, threads: int, method: str, args: tuple) -> dict:
+    """A `Demo` method in a worker process of `Demo.in_children`, on its share of the cores."""
     import dataclasses
 
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
-    t = time.perf_counter()
-    result = Demo(dataclasses.replace(cfg, progress=cfg.progress and progress)).train(*args)
-    return {**result, "seconds": round(time.perf_counter() - t, 1)}
+    return _timed(Demo(dataclasses.replace(cfg, progress=cfg.progress and progress)), method, args)
 
 
 # -- helpers -----------------------------------------------------------------------------------------

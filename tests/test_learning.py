@@ -92,7 +92,8 @@ def test_training_learns_the_action_on_held_out_clips(tmp_path):
     world = WorldConfig(**WORLD, seed=SEED)
     train_shard, test_shard = write_shards(tmp_path, world)
     sd = make_tiny_sd(tmp_path / "sd", sample_size=RES // 2, unet_block_out_channels=(32, 64),
-                      cross_attention_dim=32, vae_block_out_channels=(16, 32), seed=SEED)
+                      cross_attention_dim=32, vae_block_out_channels=(16, 32), seed=SEED,
+                      prediction_type="v_prediction")
     vae = fit_vae(sd, frames(train_shard), frames(test_shard), size=RES, steps=VAE_STEPS, batch=16, seed=SEED)
     latents = cache_for_run([train_shard], str(sd), str(tmp_path / "run"), RES, False, progress=False)
     model = train(TrainConfig(shards=latents, out=str(tmp_path / "run"), base=str(sd), conditioning="description+joint",

@@ -56,6 +56,7 @@ def tiny_sd_components(
     text_layers: int = 2,
     tokenizer_vocab_size: int = 1000,
     scheduler: str = "pndm",
+    prediction_type: str = "epsilon",
     vae_layers_per_block: int = 1,
     text_heads: int | None = None,
     text_vocab_size: int | None = None,
@@ -67,7 +68,9 @@ def tiny_sd_components(
     `attention_heads` is diffusers' (misnamed) `attention_head_dim`, i.e. the number of heads, as in
     SD-1.5's config (8 there). The text encoder is a CLIP text transformer of width
     `cross_attention_dim`, 77 positions, `quick_gelu` like SD's. `scheduler` is "pndm" (SD-1.5's
-    config), "euler_a" (instruct-pix2pix's) or "ddpm", all with SD-1.5's betas.
+    config), "euler_a" (instruct-pix2pix's) or "ddpm", all with SD-1.5's betas. `prediction_type`
+    is what the UNet predicts: "epsilon" as SD-1.5, or "v_prediction" as SD-2's 768-px models
+    (training and sampling both follow the scheduler's setting).
     """
     import torch
     from diffusers import (
@@ -134,7 +137,7 @@ def tiny_sd_components(
         if scheduler == "euler_a"
         else dict(clip_sample=False)
     )
-    sched = sched_cls(**SD15_BETAS, **extra)
+    sched = sched_cls(**SD15_BETAS, prediction_type=prediction_type, **extra)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sched)
 
 
@@ -159,7 +162,7 @@ def make_tiny_sd(
     Loadable by `StableDiffusionPipeline.from_pretrained(folder)` and component by component. With
     `in_channels=8` the UNet takes InstructPix2Pix's concatenated input, but `model_index.json`
     still names `StableDiffusionPipeline`: use `make_tiny_instruct_pix2pix` for that layout.
-    Keywords (and `**sizes`: `vae_layers_per_block`, `text_heads`, `text_vocab_size`): see
+    Keywords (and `**sizes`: `vae_layers_per_block`, `text_heads`, `text_vocab_size`, `prediction_type`): see
     `tiny_sd_components`.
     """
     from diffusers import StableDiffusionPipeline
