@@ -1,13 +1,14 @@
 """Training LEGO learns: on held-out clips of a reduced synthetic kitchen, the trained model draws
-the action's change better than the input frame shows it and keeps the rest of the scene.
-Stand-in VLLM embeddings (no LLaVA), so σ, μ and π are trained and used.
+the action's change better than the input frame shows it, keeps the rest of the scene, and draws
+the change of the action it is asked for, not of a wrong one. Stand-in VLLM embeddings (no LLaVA),
+so σ, μ and π are trained and used.
 
-Within CI's budget (a few hundred steps on 2 cores) the model reaches the *floor* asserted here:
-psnr_changed above the input frame's by FLOOR_GAIN_DB, psnr_unchanged ≥ 20 dB, and a win over the
-input on ≥ 70 % of the samples; the untrained model (random UNet, same fitted VAE) fails it. The
-issue's full goals (+3 dB, true action ≥ 2 dB over wrong ones) need more steps:
-`LEGO_LEARNING_FULL=1 LEGO_LEARNING_STEPS=1500` asserts all of them. `LEGO_LEARNING_SEED` picks
-the world / training seed.
+Every check of `lego demo`'s evidence is asserted (`evidence.GOALS`): psnr_changed ≥ the input
+frame's + 3 dB, psnr_unchanged ≥ 20 dB and ≥ the VAE round trip's − 3 dB, the true action ≥ 2 dB
+over another verb (same object) and over another object (same verb), each won on ≥ 70 % of the
+samples. Sampling uses guidance 3 (> 1, so a swapped guidance branch fails). The tiny UNet starts
+from random weights and predicts v, which reaches in 250 steps what ε reaches in 1000 (README).
+`LEGO_LEARNING_SEED` picks the world / training seed, `LEGO_LEARNING_STEPS` the steps.
 """
 
 import io
@@ -20,13 +21,12 @@ import pytest
 from lego_core.kit.world import OBJECTS
 
 SEED = int(os.environ.get("LEGO_LEARNING_SEED", "0"))
-FULL = os.environ.get("LEGO_LEARNING_FULL", "1") == "1"
-FLOOR_GAIN_DB = 1.0
 DIM = 64                                                   # the stand-in VLLM width
 WORLD = dict(clips=44, test_clips=8, objects=("onion", "tomato", "cup"), verbs=("cut", "pick up", "wash"),
              objects_per_clip=3, actions_per_clip=3, width=32, height=32)
 RES, VAE_STEPS, STEPS, MICRO_BATCH, LR = 32, int(os.environ.get("LEGO_LEARNING_VAE_STEPS", 200)), \
-    int(os.environ.get("LEGO_LEARNING_STEPS", 1000)), 16, 1e-3
+    int(os.environ.get("LEGO_LEARNING_STEPS", 300)), 16, 1e-3
+GUIDANCE, IMAGE_GUIDANCE = 3.0, 1.5
 
 
 def write_shards(folder, world):
@@ -62,9 +62,9 @@ def standin_generate(model, layouts):
     from lego_core.kit.standin import standin_image_embeds, standin_text_embeds
     from lego_core.kit.world import boxes_at_rest
 
-    gen = ActionFrameGenerator(model, options=GenerateOptions(steps=20, size=RES, guidance=5.0, image_guidance=1.5,
-                                                              device="cpu", progress=False, batch_size=16),
-                               embeddings_given=True)
+    options = GenerateOptions(steps=20, size=RES, guidance=GUIDANCE, image_guidance=IMAGE_GUIDANCE, device="cpu",
+                              progress=False, batch_size=16)
+    gen = ActionFrameGenerator(model, options=options, embeddings_given=True)
 
     def generate(cases, labels, seeds):
         requests = []
@@ -78,8 +78,8 @@ def standin_generate(model, layouts):
 
 
 @pytest.mark.slow
-# 1000 training steps: about 11 minutes on CI's 2 cores, over the suite's 900 s per-test default
-@pytest.mark.timeout(2700)
+# a few minutes on CI's 2 cores; the limit leaves room for a loaded machine
+@pytest.mark.timeout(1800)
 def test_training_learns_the_action_on_held_out_clips(tmp_path):
     from lego_core import evidence
     from lego_core.diffusion.latents import cache_for_run
@@ -111,9 +111,5 @@ def test_training_learns_the_action_on_held_out_clips(tmp_path):
                               round_trip=evidence.vae_round_trip(str(model), RES))
     s = result["summary"]
     print("learning summary:", json.dumps(s), "vae:", json.dumps(vae))
-    if FULL:
-        failed = [c for c in result["checks"] if not c["passed"]]
-        assert not failed, (failed, s, vae)
-    assert s["psnr_changed"] >= s["input_psnr_changed"] + FLOOR_GAIN_DB, (s, vae)
-    assert s["psnr_unchanged"] >= evidence.GOALS["unchanged_db"], (s, vae)
-    assert s["beats_input"] >= evidence.GOALS["win_rate"], (s, vae)
+    failed = [c for c in result["checks"] if not c["passed"]]
+    assert not failed, (failed, s, vae)
