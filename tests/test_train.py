@@ -117,6 +117,34 @@ def test_noise_is_added_the_ddpm_way_not_the_samplers(base):
     torch.testing.assert_close(noisy.std(1), (1 - abar).sqrt(), atol=0.15, rtol=0)
 
 
+def test_a_v_prediction_base_trains_on_the_velocity(tmp_path):
+    """A base whose scheduler says v_prediction (SD-2's target; the demo's tiny UNet) is trained on
+    v = √ᾱ·ε − √(1−ᾱ)·y, computed here by hand, not on ε."""
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.diffusion.train import DiffusionStep, TrainConfig
+
+    pipe = build_from_pretrained(make_tiny_sd(tmp_path / "sd", sample_size=8, prediction_type="v_prediction"),
+                                 conditioning="description")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    seen = {}
+
+    def engine(noisy, x, t, *rest):
+        seen.update(noisy=noisy, t=t)
+        return torch.zeros_like(noisy)
+
+    step = DiffusionStep(pipe, engine, torch.float32, "cpu", TrainConfig(shards=[], out="", cfg_dropout=0.0))
+    y = torch.randn(8, 4, 8, 8)
+    step.latents = lambda batch: (y, torch.zeros_like(y))
+    loss = step.loss({"text": ["cut onion"] * 8})      # prediction 0: the loss is the target's mean square
+    c = pipe.scheduler.config
+    betas = torch.linspace(c.beta_start ** 0.5, c.beta_end ** 0.5, c.num_train_timesteps, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)[seen["t"]].float().view(-1, 1, 1, 1)
+    noise = (seen["noisy"] - abar.sqrt() * y) / (1 - abar).sqrt()
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * y
+    torch.testing.assert_close(loss, v.pow(2).mean(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(loss, noise.pow(2).mean(), rtol=1e-2)
+
+
 def test_overfits_a_fixed_batch_and_trains_the_conditioner(base, enriched):
     """Fixed noise and timesteps: loss after 30 steps < half the first; σ, μ, π get gradients."""
     import deepspeed
