@@ -43,7 +43,7 @@ class DemoConfig:
     tune_epochs: float = 20.0
     tune_lr: float = 2e-3
     tune_vision_tower: bool = True         # the kit's tower is random, not a pretrained CLIP: train it too
-    train_steps: int = 1000                # where the action starts to steer the picture (see README)
+    train_steps: int = 500                 # with v-prediction, where the action steers the picture (README)
     micro_batch: int = 16
     learning_rate: float = 1e-3
     ablation: tuple[str, ...] = ("label",)  # conditionings trained beside description+joint
