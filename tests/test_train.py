@@ -260,13 +260,23 @@ def _exported_weights(folder):
             **{f"conditioner.{k}": v for k, v in state_of(pipe.conditioner).items()}}
 
 
-def _assert_exported_ema_of_checkpoints(run):
-    """RUN/model holds the EMA of steps 1-3's weights (read from the checkpoints with DeepSpeed's
-    zero_to_fp32), with diffusers' warm-up decay (0, 2/11, 3/12) — not the last step's weights."""
+def checkpoint_weights(run, step: int) -> dict:
+    """A checkpoint's fp32 weights: ZeRO-3's partitions through DeepSpeed's zero_to_fp32; on one fp32
+    rank (the plain engine) and under ZeRO-1/2 the model-states file holds them whole."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    raw = [get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=f"step-{step:08d}")
-           for step in (1, 2, 3)]
+    tag = f"step-{step:08d}"
+    folder = run / "checkpoints" / tag
+    if any(folder.glob("zero_pp_rank_*model_states.pt")):       # ZeRO-3 writes one per rank
+        return get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=tag)
+    module = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in module.items()}
+
+
+def _assert_exported_ema_of_checkpoints(run):
+    """RUN/model holds the EMA of steps 1-3's weights (read from the checkpoints), with diffusers'
+    warm-up decay (0, 2/11, 3/12) — not the last step's weights."""
+    raw = [checkpoint_weights(run, step) for step in (1, 2, 3)]
     want = dict(raw[0])
     for decay, weights in ((2 / 11, raw[1]), (3 / 12, raw[2])):
         want = {k: decay * want[k] + (1 - decay) * weights[k] for k in want}
@@ -306,8 +316,6 @@ def test_ema_per_micro_batch_as_the_authors(base, enriched, tmp_path):
     """--ema-update micro-batch: the EMA is updated after every micro-batch (the authors' LitEma in
     on_train_batch_end), so at --grad-accum 2 it averages w0, w1, w1, w2 (the weights only change at
     optimizer steps) with the warm-up decays 0, 2/11, 3/12, 4/13 — not the per-step w1, w2."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     from lego_core.diffusion.build import build_from_pretrained
 
     run = tmp_path / "run"
@@ -316,7 +324,7 @@ def test_ema_per_micro_batch_as_the_authors(base, enriched, tmp_path):
     result = run_cli("-q", "train", str(enriched), "--base", base, "--max-steps", "2", *fast, "--conditioning",
                      "description", "--checkpoint-every", "1", "--ema-update", "micro-batch", "--out", run)
     assert result.exit_code == 0, result.output
-    w1, w2 = (get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=f"step-{s:08d}") for s in (1, 2))
+    w1, w2 = (checkpoint_weights(run, s) for s in (1, 2))
     w0 = {f"unet.{k}": v
           for k, v in state_of(build_from_pretrained(base, conditioning="description", vllm=D).unet).items()}
     want = dict(w0)
