@@ -65,14 +65,20 @@ def check_descriptions(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> Eva
         return cfg
     if any(ref.texts(k)[1] for k in keys):
         return cfg
-    msg = (f"the BLIP score needs a description per sample and {ref.path} has none "
-           "(shards: enriched.txt / curated.txt / meta.json label; folders: KEY.txt beside each reference image)")
+    return refuse_or_leave_out(cfg, "blip", f"the BLIP score needs a description per sample and {ref.path} has none "
+                               "(shards: enriched.txt / curated.txt / meta.json label; folders: KEY.txt beside "
+                               "each reference image)")
+
+
+def refuse_or_leave_out(cfg: EvalConfig, metric: str, why: str) -> EvalConfig:
+    """A metric the data cannot give: chosen with --metrics → BadInput; in the default set → left
+    out with a warning."""
     if cfg.metrics_explicit:
-        raise BadInput(msg)
-    log.warning("%s: leaving BLIP out", msg)
+        raise BadInput(why)
+    log.warning("%s: leaving %s out", why, metric)
     from dataclasses import replace
 
-    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "blip"))
+    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != metric))
 
 
 def check_egovlp(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> EvalConfig:
@@ -114,11 +120,5 @@ def check_input_frames(cfg: EvalConfig, ref: Source, keys: Sequence[str]) -> Eva
     when chosen explicitly, else left out with a warning. Samples missing only theirs get no value."""
     if "psnr_changed" not in cfg.metrics or any(ref.has_input(k) for k in keys):
         return cfg
-    msg = (f"psnr_changed needs the input frame of each sample and {ref.path} has none "
-           "(shards: input.jpg; a folder reference has no input frames)")
-    if cfg.metrics_explicit:
-        raise BadInput(msg)
-    log.warning("%s: leaving psnr_changed out", msg)
-    from dataclasses import replace
-
-    return replace(cfg, metrics=tuple(m for m in cfg.metrics if m != "psnr_changed"))
+    return refuse_or_leave_out(cfg, "psnr_changed", f"psnr_changed needs the input frame of each sample and "
+                               f"{ref.path} has none (shards: input.jpg; a folder reference has no input frames)")
