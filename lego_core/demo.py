@@ -43,9 +43,9 @@ class DemoConfig:
     tune_epochs: float = 20.0
     tune_lr: float = 2e-3
     tune_vision_tower: bool = True         # the kit's tower is random, not a pretrained CLIP: train it too
-    train_steps: int = 500                 # with v-prediction, where the action steers the picture (README)
+    train_steps: int = 400                 # with v-prediction and lr 2e-3, where the action steers the picture (README)
     micro_batch: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     ablation: tuple[str, ...] = ("label",)  # conditionings trained beside description+joint
     gen_steps: int = 20
     guidance: float = 3.0                  # measured best for keeping the scene (README); > 1 as the checks need
