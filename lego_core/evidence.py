@@ -60,11 +60,16 @@ def read_cases(shards: Sequence[str], scenes: dict[str, list[str]], verbs_for: C
 
     from lego_core.data.shards import iter_samples
 
+    from lego_core.curate.template import split_label
+
     cases = []
     for s in iter_samples(list(shards)):
         meta = json.loads(s["meta.json"])
+        # the label's verb, not the dataset's verb class ("take" for "pick up cup", "turn-on"): the
+        # wrong actions are labels too, and one built from the class could be the true label again
+        verb = split_label(meta["label"], meta["noun"])[0]
         c = Case(key=s["__key__"], input=Image.open(io.BytesIO(s["input.jpg"])).convert("RGB"),
-                 target=Image.open(io.BytesIO(s["target.jpg"])).convert("RGB"), verb=meta["verb"], noun=meta["noun"],
+                 target=Image.open(io.BytesIO(s["target.jpg"])).convert("RGB"), verb=verb, noun=meta["noun"],
                  label=meta["label"], video_id=meta["video_id"], boxes=meta.get("boxes") or [],
                  scene=list(scenes.get(meta["video_id"], [])))
         other_verb = next((v for v in verbs_for(c.noun, c.verb) if v != c.verb), None)

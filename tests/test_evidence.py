@@ -57,3 +57,35 @@ def test_description_scores_need_verb_object_and_place():
     descriptions = ["The left hand cuts the onion on the left of the counter.", "The left hand cuts the onion."]
     assert evidence.description_scores(descriptions, cases) == {"verb_object": 1.0, "location": 0.5, "samples": 2}
     assert evidence.description_scores(["The hand washes a plate on the left."] * 2, cases)["verb_object"] == 0.0
+
+
+def test_wrong_actions_come_from_the_label_not_the_datasets_verb_class(tmp_path):
+    """EPIC's verb class for "pick up cup" is "take" (and Ego4D's for "turn on tap" "turn-on"):
+    a wrong verb built from the class could be the true label again ("pick up cup" against
+    itself), and the VLLM's "picks up the cup" would not count as naming the verb."""
+    import json
+
+    from lego_core.data.shards import ShardWriter
+    from lego_core.kit.world import OBJECTS
+    from lego_core.kit.world_data import WorldConfig, world_samples
+
+    world = WorldConfig(clips=6, test_clips=6, objects=("cup", "plate", "tap"), verbs=("pick up", "wash", "turn on"),
+                        objects_per_clip=3, actions_per_clip=3, width=32, height=32)
+    with ShardWriter(str(tmp_path / "test-%06d.tar")) as w:
+        for s in world_samples(world, "test"):
+            meta = json.loads(s["meta.json"])
+            meta["verb"] = {"pick up": "take", "turn on": "turn-on"}.get(meta["verb"], meta["verb"])
+            w.write({**s, "meta.json": json.dumps(meta).encode()})
+    scenes = {json.loads(s["meta.json"])["video_id"]: ["cup", "plate", "tap"] for s in world_samples(world, "test")}
+    cases = evidence.read_cases([str(tmp_path / "test-000000.tar")], scenes, lambda noun, verb: OBJECTS[noun][3])
+    assert {c.label for c in cases} >= {"pick up cup", "turn on tap"}
+    for c in cases:
+        assert c.verb == c.label.rsplit(" ", 1)[0]
+        assert c.label not in c.wrong.values()
+        if c.label == "pick up cup":
+            assert c.wrong == {"other_verb": "wash cup", "other_object": "pick up plate"}
+        if c.noun == "tap":
+            assert c.wrong == {}                    # the tap has no other verb, and nothing else turns on
+    says = {"pick up": "picks up", "turn on": "turns on", "wash": "washes"}
+    described = [f"The left hand {says[c.verb]} the {c.noun}." for c in cases]
+    assert evidence.description_scores(described, cases)["verb_object"] == 1.0
