@@ -40,7 +40,7 @@ class DemoConfig:
     # ε: on the reduced world it reaches at 250 steps what ε reaches at 1000 (see README).
     prediction_type: str = "v_prediction"
     vae_steps: int = 400
-    tune_epochs: float = 20.0
+    tune_epochs: float = 16.0                # 12 named verb and object in 92 % of held-out descriptions, 20 in 100 %
     tune_lr: float = 2e-3
     tune_vision_tower: bool = True         # the kit's tower is random, not a pretrained CLIP: train it too
     train_steps: int = 400                 # with v-prediction and lr 2e-3, where the action steers the picture (README)
