@@ -58,9 +58,8 @@ def read_cases(shards: Sequence[str], scenes: dict[str, list[str]], verbs_for: C
     `verbs_for(noun, verb)` lists the verbs that make sense for a noun (in that sample's state)."""
     from PIL import Image
 
-    from lego_core.data.shards import iter_samples
-
     from lego_core.curate.template import split_label
+    from lego_core.data.shards import iter_samples
 
     cases = []
     for s in iter_samples(list(shards)):
