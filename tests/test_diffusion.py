@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from lego_core.diffusion.build import build_from_pretrained, load_pipeline, widen_conv_in
-from lego_core.diffusion.conditioner import LegoConditioner
+from lego_core.diffusion.conditioner import LegoConditioner, feedforward_width
 from lego_core.diffusion.pipeline import LegoPipeline
 from lego_core.kit import make_tiny_sd
 
@@ -167,7 +167,14 @@ def test_build_from_sd15_widens_conv_in_with_zero_channels(sd_folder):
     assert torch.count_nonzero(conv.weight[:, 4:]) == 0
     assert pipe.conditioner.projection_img.in_features == VLLM_DIM
     assert pipe.conditioner.projection_img.out_features == pipe.unet.config.cross_attention_dim
+    d = pipe.unet.config.cross_attention_dim
+    assert pipe.conditioner.self_attn_mix.layers[0].linear1.out_features == feedforward_width(d) == 4 * d
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+
+
+def test_the_mixers_feed_forward_is_the_authors_at_sd15_width_and_scaled_below():
+    assert feedforward_width(768) == 2048 and feedforward_width(1024) == 2048
+    assert feedforward_width(32) == 128
 
 
 def test_build_from_instruct_pix2pix_keeps_its_8_channels(ip2p_folder):

@@ -8,8 +8,9 @@ frame's + 3 dB, psnr_unchanged ≥ 20 dB and ≥ the VAE round trip's − 3 dB, 
 over another verb (same object) and over another object (same verb), each won on ≥ 70 % of the
 samples. Sampling uses guidance 3 (> 1, so a swapped guidance branch fails). The tiny UNet starts
 from random weights and predicts v, which reaches in 250 steps what ε reaches in 1000 (README);
-350 steps at learning rate 2e-3, micro-batch 16, pass on seeds 0, 1 and 2 (250 steps failed seed 2,
-micro-batch 8 failed seed 0). `LEGO_LEARNING_SEED` picks the world / training seed,
+400 steps at learning rate 2e-3, micro-batch 16, pass on seeds 0, 1 and 2 (350 steps left seed 2
+0.06 dB over the verb goal; 250 steps failed it; micro-batch 8 failed seed 0). Torch runs on two
+threads here (the suite's one is for tiny models). `LEGO_LEARNING_SEED` picks the world / training seed,
 `LEGO_LEARNING_STEPS` the steps, `LEGO_LEARNING_LR` the learning rate.
 """
 
@@ -27,7 +28,7 @@ DIM = 64                                                   # the stand-in VLLM w
 WORLD = dict(clips=44, test_clips=8, objects=("onion", "tomato", "cup"), verbs=("cut", "pick up", "wash"),
              objects_per_clip=3, actions_per_clip=3, width=32, height=32)
 RES, VAE_STEPS, STEPS, MICRO_BATCH, LR = 32, int(os.environ.get("LEGO_LEARNING_VAE_STEPS", 200)), \
-    int(os.environ.get("LEGO_LEARNING_STEPS", 350)), 16, float(os.environ.get("LEGO_LEARNING_LR", 2e-3))
+    int(os.environ.get("LEGO_LEARNING_STEPS", 400)), 16, float(os.environ.get("LEGO_LEARNING_LR", 2e-3))
 GUIDANCE, IMAGE_GUIDANCE = 3.0, 1.5
 
 
@@ -79,10 +80,22 @@ def standin_generate(model, layouts):
     return generate
 
 
+@pytest.fixture
+def both_cores():
+    """The suite runs torch on one thread (tiny models); this test's micro-batches are big enough
+    for a second one to pay (at 350 steps: 135 s instead of 195 s on CI's 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-# a few minutes on CI's 2 cores; the limit leaves room for a loaded machine
+# 2 min 20 s on CI's 2 cores; the limit leaves room for a loaded machine
 @pytest.mark.timeout(1800)
-def test_training_learns_the_action_on_held_out_clips(tmp_path):
+def test_training_learns_the_action_on_held_out_clips(tmp_path, both_cores):
     from lego_core import evidence
     from lego_core.diffusion.latents import cache_for_run
     from lego_core.diffusion.train import TrainConfig, train

@@ -78,7 +78,12 @@ def build_from_pretrained(base: str | Path, *, conditioning: str = "description+
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from lego_core.diffusion.conditioner import LegoConditioner, uses_image_embeds, uses_text_embeds
+    from lego_core.diffusion.conditioner import (
+        LegoConditioner,
+        feedforward_width,
+        uses_image_embeds,
+        uses_text_embeds,
+    )
     from lego_core.diffusion.pipeline import LegoPipeline
 
     if looks_local(base):
@@ -96,8 +101,9 @@ def build_from_pretrained(base: str | Path, *, conditioning: str = "description+
     conditioner = None
     if uses_image_embeds(conditioning) or uses_text_embeds(conditioning) or conditioning in ("label", "description"):
         width = vllm_width(vllm) if vllm is not None else 5120
-        conditioner = LegoConditioner(vllm_dim=width, cross_attention_dim=unet.config.cross_attention_dim,
-                                      conditioning=conditioning).eval()  # like from_pretrained models
+        d = unet.config.cross_attention_dim
+        conditioner = LegoConditioner(vllm_dim=width, cross_attention_dim=d, conditioning=conditioning,
+                                      dim_feedforward=feedforward_width(d)).eval()  # like from_pretrained models
         if torch_dtype != torch.float32:
             conditioner = conditioner.to(torch_dtype)
     return LegoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sched,
