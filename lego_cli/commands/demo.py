@@ -11,7 +11,7 @@ from lego_cli.common import echo_result, quiet
 @click.option("--out", default="out/demo", help="Where every artefact goes (a rerun skips finished stages).")
 @click.option("--llm-base-url", help="Curate with this OpenAI-compatible server (else the offline template backend).")
 @click.option("--llm", default="gpt-3.5-turbo", help="The model name on that server.")
-@click.option("--train-steps", default=400, help="Diffusion training steps (each model).")
+@click.option("--train-steps", default=700, help="Diffusion training steps (each model).")
 @click.option("--tune-epochs", default=16.0, help="VLLM tuning epochs.")
 @click.option("--vae-steps", default=400, help="Steps fitting the tiny VAE to the world's frames.")
 @click.option("--clips", default=112, help="Clips (one layout each, 3 actions) in the synthetic world.")
