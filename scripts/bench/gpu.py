@@ -85,6 +85,11 @@ def release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _sig(x: float) -> float:
+    """4 significant digits: the tiny CPU run's step is far under a thousandth of a TFLOP."""
+    return float(f"{x:.4g}")
+
+
 def peak_tflops(device: str, given: float | None) -> float | None:
     import torch
 
@@ -145,7 +150,7 @@ def bench_train(folder: Path, device: str, precision: str, spec: dict, vllm_widt
     seconds = (time.perf_counter() - t) / spec["train_steps"]
     achieved = flops / seconds
     out = {"micro_batch": b, "latent": latent, "s_per_step": round(seconds, 4), "samples_per_s": round(b / seconds, 2),
-           "tflop_per_step": round(flops / 1e12, 3), "achieved_tflops": round(achieved / 1e12, 2),
+           "tflop_per_step": _sig(flops / 1e12), "achieved_tflops": _sig(achieved / 1e12),
            "peak_tflops": peak, "mfu": round(achieved / (peak * 1e12), 3) if peak else None,
            "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
            "unet_dtype": str(next(engine.module.unet.parameters()).dtype).replace("torch.", "")}
