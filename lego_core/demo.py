@@ -43,7 +43,7 @@ class DemoConfig:
     tune_epochs: float = 16.0                # 12 named verb and object in 92 % of held-out descriptions, 20 in 100 %
     tune_lr: float = 2e-3
     tune_vision_tower: bool = True         # the kit's tower is random, not a pretrained CLIP: train it too
-    train_steps: int = 700                 # v-prediction, lr 2e-3: every picture check passes at 700, not at 400 (README)
+    train_steps: int = 700                 # v-prediction, lr 2e-3: every picture check passes (400 did not; README)
     micro_batch: int = 16
     learning_rate: float = 2e-3
     ablation: tuple[str, ...] = ("label",)  # conditionings trained beside description+joint
