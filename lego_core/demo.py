@@ -32,6 +32,9 @@ class DemoConfig:
     llm_base_url: str | None = None        # an OpenAI-compatible server for curate; None: template backend
     llm: str = "gpt-3.5-turbo"
     clips: int = 112                       # one layout each, 3 actions: 336 pairs
+    # 48 px is what the VLLM sees: an object 0.01 from a third's edge is left or centre by a third of
+    # a pixel. 0.03 = 1.4 px keeps "where it is" readable (without it, 5 of the 36 held-out objects were closer).
+    place_margin: float = 0.03
     test_clips: int = 12                   # held out by clip: 36 pairs no model sees
     resolution: int = 32                   # the diffusion model's: 16x16 latents with the factor-2 VAE
     vae_channels: tuple[int, ...] = (16, 32)          # 2 blocks: VAE factor 2
@@ -40,9 +43,10 @@ class DemoConfig:
     # ε: on the reduced world it reaches at 250 steps what ε reaches at 1000 (see README).
     prediction_type: str = "v_prediction"
     vae_steps: int = 400
-    tune_epochs: float = 16.0                # 12 named verb and object in 92 % of held-out descriptions, 20 in 100 %
-    tune_lr: float = 2e-3
-    tune_vision_tower: bool = True         # the kit's tower is random, not a pretrained CLIP: train it too
+    # from the world-aligned LLaVA (kit/llava_align.py): 12 epochs do not yet name the verb
+    tune_epochs: float = 16.0
+    tune_lr: float = 5e-4
+    tune_vision_tower: bool = False        # the paper's choice: the aligned tower is kept as it is
     train_steps: int = 700                 # v-prediction, lr 2e-3: every picture check passes (400 did not; README)
     micro_batch: int = 16
     learning_rate: float = 2e-3
@@ -94,7 +98,8 @@ class Demo:
     def world(self):
         from lego_core.kit.world_data import WorldConfig
 
-        return WorldConfig(clips=self.cfg.clips, test_clips=self.cfg.test_clips, seed=self.cfg.seed)
+        return WorldConfig(clips=self.cfg.clips, test_clips=self.cfg.test_clips, seed=self.cfg.seed,
+                           place_margin=self.cfg.place_margin)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -149,8 +154,13 @@ class Demo:
     # -- models ----------------------------------------------------------------------------------
 
     def models(self) -> dict:
-        """The tiny starting points (what real users download: LLaVA, SD-1.5), random."""
-        from lego_core.kit import make_tiny_llava, make_tiny_sd
+        """The tiny starting points (what real users download: LLaVA, SD-1.5): the kit's LLaVA aligned
+        to the world (`kit/llava_align.py`: it can say where a named object is, as LLaVA-1.5 can
+        in photos), and a random SD whose VAE is fitted next."""
+        import shutil
+
+        from lego_core.kit import make_tiny_sd
+        from lego_core.kit.llava_align import WORLD_LLAVA
 
         m = self.path("models")
         r = self.cfg.resolution
@@ -158,8 +168,7 @@ class Demo:
         sd = make_tiny_sd(m / "sd-base", sample_size=r // factor, unet_block_out_channels=self.cfg.unet_channels,
                           cross_attention_dim=32, vae_block_out_channels=self.cfg.vae_channels, seed=self.cfg.seed,
                           prediction_type=self.cfg.prediction_type)
-        llava = make_tiny_llava(m / "llava-base", image_size=48, patch_size=8, text_hidden=128, position_codes=True,
-                                seed=self.cfg.seed)
+        llava = shutil.copytree(WORLD_LLAVA, m / "llava-base", dirs_exist_ok=True)
         return {"llava": str(llava), "sd": str(sd)}
 
     def fit_vae(self, curated: dict, models: dict) -> dict:

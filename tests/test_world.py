@@ -76,6 +76,16 @@ def test_the_acting_hand_is_on_the_objects_side_and_descriptions_say_so():
         assert any(p in d for p in ("on the left", "in the centre", "on the right")) and "In the end" in d
 
 
+def test_a_place_margin_keeps_objects_off_the_thirds_edges_and_zero_changes_nothing():
+    centres = [(o.box[0] + o.box[2]) / 2 for c in plan_world(WorldConfig(clips=60, place_margin=0.05))
+               for o in c.layout.objects]
+    assert len(centres) > 150 and min(min(abs(x - 1 / 3), abs(x - 2 / 3)) for x in centres) >= 0.05
+    plain = [c.layout.objects for c in plan_world(WorldConfig(clips=20))]
+    assert plain == [c.layout.objects for c in plan_world(WorldConfig(clips=20, place_margin=0.0))]
+    near = [(o.box[0] + o.box[2]) / 2 for objs in plain for o in objs]
+    assert any(min(abs(x - 1 / 3), abs(x - 2 / 3)) < 0.05 for x in near)     # without it, some are
+
+
 def test_world_videos_extract_to_the_rendered_frames_in_both_formats(tmp_path):
     cfg = WorldConfig(clips=4, test_clips=2, width=96, height=96)
     paths = make_world(tmp_path / "w", cfg)

@@ -9,6 +9,8 @@ the bundled demo and benchmarks load them through the same `from_pretrained` cal
 - `make_sd15_random(folder)`, `make_llava_real_width(folder)`: the same classes at the paper's real
   sizes (SD-1.5; LLaVA at Llama-2-13B's widths, 2 layers), random weights, for real-size runs.
 - `make_clip_tokenizer(folder)`, `make_llama_tokenizer(folder)`: the tokenizers alone.
+- `llava_align.WORLD_LLAVA`: the one trained model the kit ships, a tiny LLaVA aligned to the demo's
+  world (`llava_align.align_world_llava`, `scripts/align_llava.py`): the demo's stand-in for LLaVA-1.5.
 
 Same seed → same weights. Importing this package is cheap: torch, diffusers and transformers are
 imported inside the functions.

@@ -96,8 +96,11 @@ class Layout:
         return [(v, o.name) for o in self.objects for v in o.verbs()]
 
 
-def make_layout(rng: np.random.Generator, objects: tuple[str, ...], n_objects: int) -> Layout:
-    """Random non-overlapping placement of `n_objects` of `objects` along the counter."""
+def make_layout(rng: np.random.Generator, objects: tuple[str, ...], n_objects: int,
+                place_margin: float = 0.0) -> Layout:
+    """Random non-overlapping placement of `n_objects` of `objects` along the counter; with
+    `place_margin`, no object's centre lies within that distance of a third's edge, so whether it is
+    on the left, in the centre or on the right can be read from the frame."""
     names = [str(n) for n in rng.choice(list(objects), size=min(n_objects, len(objects)), replace=False)]
     placed: list[Placed] = []
     for name in names:
@@ -111,8 +114,9 @@ def make_layout(rng: np.random.Generator, objects: tuple[str, ...], n_objects: i
             else:
                 y0 = float(rng.uniform(WALL_END + 0.04, COUNTER_BOTTOM - h))
             box = (x0, y0, x0 + w, y0 + h)
+            legible = all(abs(x0 + w / 2 - edge) >= place_margin for edge in (1 / 3, 2 / 3))
             # keep a gap, and leave room above food and dishes for "pick up"
-            if all(box[2] + 0.03 < p.box[0] or p.box[2] + 0.03 < box[0] for p in placed):
+            if legible and all(box[2] + 0.03 < p.box[0] or p.box[2] + 0.03 < box[0] for p in placed):
                 break
         else:
             continue

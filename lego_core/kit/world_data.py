@@ -47,6 +47,7 @@ class WorldConfig:
     verbs: tuple[str, ...] = ()               # () = every verb; else only these
     objects_per_clip: int = 4
     actions_per_clip: int = 3
+    place_margin: float = 0.0                 # object centres kept this far from the thirds' edges
     width: int = 160
     height: int = 160
     seed: int = 0
@@ -86,7 +87,7 @@ def plan_world(cfg: WorldConfig) -> list[Clip]:
     rng = np.random.default_rng([cfg.seed, 7])
     clips = []
     for k in range(cfg.clips):
-        layout = make_layout(rng, cfg.objects, cfg.objects_per_clip)
+        layout = make_layout(rng, cfg.objects, cfg.objects_per_clip, cfg.place_margin)
         possible = [a for a in layout.actions() if not cfg.verbs or a[0] in cfg.verbs]
         if not possible:
             continue
