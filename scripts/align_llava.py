@@ -5,7 +5,7 @@ is and which hand is nearer it (lego_core/kit/llava_align.py says why and how).
 
     python scripts/align_llava.py [--out lego_core/kit/pretrained/llava-world] [--steps 3000]
 
-About 15 minutes on one CPU core (torch threads: --threads). Prints the held-out "where" accuracies.
+About 20 minutes on one CPU core (torch threads: --threads). Prints the held-out "where" accuracies.
 """
 
 from __future__ import annotations
