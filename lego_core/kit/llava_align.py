@@ -22,7 +22,7 @@ transformers' 0.02 the image barely moves a 128-wide residual stream, and the lo
 in thousands of steps (measured).
 
 `WORLD_LLAVA` is the result at the demo's sizes, shipped with the package (fp16); the demo tunes it
-(tower frozen, as the paper does) instead of a random one. `scripts/kit/align_llava.py` rebuilds it.
+(tower frozen, as the paper does) instead of a random one. `scripts/align_llava.py` rebuilds it.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from .world import OBJECTS, make_layout, render
+from .world_data import WorldConfig
 
 WORLD_LLAVA = Path(__file__).parent / "pretrained" / "llava-world"
 WORLD_LLAVA_SIZES = dict(image_size=48, patch_size=8, text_hidden=128, position_codes=True)
 PLACES = {"left": "on the left of", "centre": "in the centre of", "right": "on the right of"}
-FRAME = 160        # the world's frames (`WorldConfig.width`); the processor resizes them
+FRAME = WorldConfig.width        # the world's frames, square; the processor resizes them
 
 
 # Several wordings, the object named at different places and inside an action ("cut onion") as the
@@ -82,18 +83,14 @@ def _scene(rng: np.random.Generator, n_objects: int):
 
 
 def _encode(processor, images, questions, answers):
-    """Batched LLaVA inputs with labels on the answer tokens only (EOS included)."""
-    from lego_core.vllm.prompting import build_prompt
+    """Batched LLaVA inputs with labels on the answer tokens only (EOS included): `lego tune-vllm`'s
+    own encoding, so the alignment sees the conversations tuning later does."""
+    from lego_core.vllm.tune_data import collate_examples, encode_example
 
-    prompts = [build_prompt(processor, q) for q in questions]
-    eos = processor.tokenizer.eos_token
-    enc = processor(text=[f"{p} {a}{eos}" for p, a in zip(prompts, answers)], images=images,
-                    return_tensors="pt", padding=True)
-    labels = enc["input_ids"].clone()
-    for i, p in enumerate(prompts):     # right padding: the prompt is each row's first tokens
-        labels[i, : len(processor(text=[p], images=[images[i]])["input_ids"][0])] = -100
-    labels[enc["attention_mask"] == 0] = -100
-    return enc, labels
+    batch = collate_examples([encode_example(processor, im, q, a) for im, q, a in zip(images, questions, answers)],
+                             processor.tokenizer.pad_token_id)
+    labels = batch.pop("labels")
+    return batch, labels
 
 
 def place_accuracy(model, processor, n_objects: int, samples: int = 96, seed: int = 10_000) -> float:
@@ -103,8 +100,6 @@ def place_accuracy(model, processor, n_objects: int, samples: int = 96, seed: in
 
     rng = np.random.default_rng(seed + n_objects)
     scenes = [_scene(rng, n_objects) for _ in range(samples)]
-    side = processor.tokenizer.padding_side
-    processor.tokenizer.padding_side = "right"
     was_training = model.training
     model.eval()
     correct = 0
@@ -121,7 +116,6 @@ def place_accuracy(model, processor, n_objects: int, samples: int = 96, seed: in
                 scores.append(token_logp.sum(1))
             guess = torch.stack(scores, 1).argmax(1).tolist()
             correct += sum(list(PLACES)[g] == o.side for g, (_, o) in zip(guess, batch))
-    processor.tokenizer.padding_side = side
     model.train(was_training)
     return correct / samples
 
@@ -150,7 +144,6 @@ def align_world_llava(out: str | Path, *, steps: int = 3000, batch: int = 32, lr
     model, processor = tiny_llava(**{**WORLD_LLAVA_SIZES, **sizes}, seed=seed)
     torch.manual_seed(seed)
     _reinit_linears(model)
-    processor.tokenizer.padding_side = "right"
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     rng = np.random.default_rng(seed)
@@ -172,7 +165,6 @@ def align_world_llava(out: str | Path, *, steps: int = 3000, batch: int = 32, lr
         if eval_every and step % eval_every == 0:
             curve.append({"step": step, **{str(n): place_accuracy(model, processor, n) for n in (1, 2, 4)}})
     seconds = time.perf_counter() - t0
-    processor.tokenizer.padding_side = "left"      # what batched generation needs
     model.eval()
     scores = {f"where_{n}_objects": round(place_accuracy(model, processor, n), 3) for n in (1, 2, 4)}
     model.to(getattr(torch, dtype))
