@@ -172,6 +172,26 @@ def test_build_from_sd15_widens_conv_in_with_zero_channels(sd_folder):
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
 
 
+def test_loaded_vaes_encode_channels_last_to_the_same_latents(ip2p_folder, tmp_path):
+    """Training, latent caching and generation load the VAE with its encoder channels-last (faster
+    on CPU); the latents must be the plain encoder's, and the weights must save unchanged."""
+    from diffusers import AutoencoderKL
+
+    plain = AutoencoderKL.from_pretrained(ip2p_folder, subfolder="vae")
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        want = plain.encode(pixels).latent_dist.mean
+    for pipe in (build_from_pretrained(ip2p_folder, conditioning="label", vllm=VLLM_DIM), load_pipeline(ip2p_folder)):
+        weight = pipe.vae.encoder.conv_in.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        assert pipe.vae.decoder.conv_in.weight.is_contiguous()             # the decoder does not gain
+        with torch.no_grad():
+            assert torch.allclose(pipe.vae.encode(pixels).latent_dist.mean, want, atol=1e-5)
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    saved = AutoencoderKL.from_pretrained(tmp_path / "vae").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in plain.state_dict().items())
+
+
 def test_the_mixers_feed_forward_is_the_authors_at_sd15_width_and_scaled_below():
     assert feedforward_width(768) == 2048 and feedforward_width(1024) == 2048
     assert feedforward_width(32) == 128

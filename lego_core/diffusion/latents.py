@@ -162,10 +162,11 @@ def _encode(urls, layout, todo, base, *, resolution, batch_size, device, progres
 
     from lego_core.data import shards as sh
     from lego_core.data.schema import INPUT, INPUT_LATENT, TARGET, TARGET_LATENT
+    from lego_core.diffusion.build import channels_last_encoder
     from lego_core.diffusion.data import image_tensor
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae").to(device).eval()
+    vae = channels_last_encoder(AutoencoderKL.from_pretrained(base, subfolder="vae")).to(device).eval()
     stats = sh.SkipStats()
     with tqdm(desc="cache latents", unit="sample", disable=not progress) as bar:
         for i in todo:
