@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "scripts" / "bench"
@@ -20,18 +24,65 @@ def _env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra}
 
 
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_pins() -> dict[str, str]:
+    """gpu_wheels.sh's pins, name -> version, as its dry run prints them."""
+    r = subprocess.run(["bash", str(BENCH / "gpu_wheels.sh"), "--dry-run"], capture_output=True, text=True,
+                       env=_env(PYTHON=sys.executable))
+    assert r.returncode == 0, r.stderr
+    return dict(line.split("==") for line in r.stdout.splitlines() if "==" in line and not line.startswith("#"))
+
+
+def gpu_machine_python(tmp_path: Path) -> Path:
+    """An interpreter that sees only what gpu.sh may count on the GPU machine having: torch with what
+    it depends on, and the wheels gpu_wheels.sh gathers. This environment's site-packages is left
+    out (`-S`); a folder of links to just those distributions' files stands in for it."""
+    allowed, todo = {norm(n) for n in wheel_pins()}, ["torch"]
+    while todo:                                                     # torch's own closure
+        dist = metadata.distribution(todo.pop())
+        allowed.add(norm(dist.metadata["Name"]))
+        for req in map(Requirement, dist.requires or []):
+            if (req.marker is None or req.marker.evaluate({"extra": ""})) and norm(req.name) not in allowed:
+                try:
+                    todo.append(metadata.distribution(req.name).metadata["Name"])
+                except metadata.PackageNotFoundError:
+                    pass
+    site, packages = tmp_path / "gpu-site", Path(sysconfig.get_paths()["purelib"])
+    site.mkdir()
+    for dist in metadata.distributions():
+        name = norm(dist.metadata["Name"])
+        if name in allowed or name.startswith(("nvidia-", "cuda-")):
+            for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+                if (packages / top).exists() and not (site / top).exists():
+                    (site / top).symlink_to(packages / top)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 def test_gpu_sh_tiny_runs_every_part_and_prints_one_table(tmp_path):
-    """In bf16, as on the GPU: the CUDA run differs from this one only in sizes and device."""
+    """In bf16, as on the GPU, and with only the packages the GPU machine will have (no av, lpips,
+    torchmetrics, openai: an import of one of them on the benchmark's path fails here as it would
+    there). The CUDA run differs from this one only in sizes and device."""
+    python = gpu_machine_python(tmp_path)
+    env = _env(PYTHONPATH=str(tmp_path / "gpu-site"))
+    for absent in ("av", "lpips", "torchmetrics", "openai"):
+        assert subprocess.run([python, "-c", f"import {absent}"], env=env, capture_output=True).returncode == 1
     report = tmp_path / "report.json"
-    r = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--tiny", "--python", sys.executable, "--",
+    r = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--tiny", "--python", str(python), "--",
                         "--dtype", "bf16", "--repeats", "1", "--json", str(report),
                         "--workdir", str(tmp_path / "models")],
-                       capture_output=True, text=True, env=_env(), timeout=600)
+                       capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [line.split(" | ")[0].strip() for line in r.stdout.splitlines() if " | " in line]
-    assert rows == ["what", "train", "generate", "enrich"], r.stdout
+    assert rows == ["what", "train", "generate", "enrich", "batching"], r.stdout
     data = json.loads(report.read_text())
-    train, gen, enrich = data["train"], data["generate"], data["enrich"]
+    train, gen, enrich, batching = data["train"], data["generate"], data["enrich"], data["batching"]
+    assert batching["requests"] == 4 and batching["batch_size"] == 2 and batching["max_pixel_diff"] <= 2
     assert train["samples_per_s"] > 0 and train["tflop_per_step"] > 0    # torch's FLOP counter saw the step
     assert train["mfu"] is None                                           # no peak known for a CPU
     assert gen["steps"] == 2 and gen["ip2p_s"] > 0 and gen["lego_joint_s"] > 0
@@ -50,7 +101,7 @@ def test_gpu_wheels_pins_the_benchmarks_closure_without_torch():
     r = subprocess.run(["bash", str(BENCH / "gpu_wheels.sh"), "--dry-run"], capture_output=True, text=True,
                        env=_env(PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr
-    pins = dict(line.split("==") for line in r.stdout.splitlines() if "==" in line and not line.startswith("#"))
+    pins = wheel_pins()
     names = {n.lower() for n in pins}
     for name in ("diffusers", "transformers", "deepspeed", "webdataset", "safetensors", "tokenizers",
                  "huggingface_hub"):

@@ -6,7 +6,8 @@ from fractions import Fraction
 import pytest
 
 from lego_core.kit.synthetic import read_frame_index, write_indexed_video
-from lego_core.data.video import FrameError, VideoReader, grab_frames, output_size
+from lego_core.data.resize import output_size
+from lego_core.data.video import FrameError, VideoReader, grab_frames
 
 NTSC = Fraction(60000, 1001)
 

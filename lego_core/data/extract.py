@@ -236,7 +236,7 @@ def frame_number(t: float, fps: float) -> int:
 
 
 def _pairs_from_frames(job: VideoJob) -> tuple[list[dict], list[Reject]]:
-    from lego_core.data.video import resize_image
+    from lego_core.data.resize import resize_image
 
     fps = job.frames_fps or epic_frames_fps(job.video_id)
     folder = Path(job.source)

@@ -240,7 +240,7 @@ def pairs_from_images(folder: Path, actions: list[Action], size: int, resize: st
     extracted frames. A missing file, a non-image or two aspect ratios is a reject, not an error."""
     from PIL import Image, UnidentifiedImageError
 
-    from lego_core.data.video import resize_image
+    from lego_core.data.resize import resize_image
 
     samples, rejects = [], []
     for a in actions:

@@ -17,6 +17,8 @@ from typing import Sequence
 import av
 from PIL import Image
 
+from lego_core.data.resize import output_size
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
 
 
@@ -40,21 +42,6 @@ class VideoInfo:
 class GrabbedFrame:
     image: Image.Image
     time: float          # the timestamp of the frame taken, seconds from the video's start
-
-
-def output_size(width: int, height: int, size: int | None, resize: str) -> tuple[int, int]:
-    """The size of a stored frame: short side `size` keeping the aspect, or a `size` square."""
-    if not size:
-        return width, height
-    if resize == "square":
-        return size, size
-    scale = size / min(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def resize_image(image: Image.Image, size: int | None, resize: str = "short") -> Image.Image:
-    w, h = output_size(image.width, image.height, size, resize)
-    return image if (w, h) == image.size else image.resize((w, h), Image.Resampling.BICUBIC)
 
 
 class VideoReader:

@@ -364,7 +364,7 @@ class ActionFrameGenerator:
         """One UNet batch: an image per (request, seed), resized back to the request's aspect ratio."""
         import torch
 
-        from lego_core.data.video import output_size
+        from lego_core.data.resize import output_size
         from lego_core.diffusion.conditioner import uses_image_embeds, uses_text_embeds
 
         size = self.size

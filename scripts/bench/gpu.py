@@ -15,11 +15,15 @@ folders and loaded back through the code `lego` runs (`build_from_pretrained`, `
   same parts (median of --repeats).
 - enrich: `describe_and_embed` (what `lego enrich` calls), greedy, --enrich-tokens new tokens per
   sample, generated tokens/s at batch 16 and at batch 1.
+- batching: `lego generate`'s batching on the GPU (`scripts/bench/generate.py`'s measurement, its
+  narrowed benchmark model, 256 px, 20 steps): 16 requests at batch 8 against one at a time through
+  `ActionFrameGenerator`, the same images; on CUDA also the peak memory of 8 requests without and
+  with `--offload model|sequential`.
 
 `--size tiny --device cpu --dtype fp32` runs the same code on the kit's tiny models in seconds (the
 test suite does, so this script cannot rot); the CUDA run differs only in sizes, device and dtype.
 
-    python scripts/bench/gpu.py [--size sd15|tiny] [--device cuda] [--dtype bf16] [--parts train,generate,enrich]
+    python scripts/bench/gpu.py [--size sd15|tiny] [--device cuda] [--dtype bf16] [--parts train,generate,...]
 """
 
 from __future__ import annotations
@@ -35,13 +39,16 @@ from pathlib import Path
 # exercise every line.
 SIZES = {
     "sd15": dict(sd="SD15_SIZES", llava="LLAVA_REAL_WIDTH", latent=32, micro_batch=32, train_steps=10,
-                 generate_steps=100, enrich_samples=16, enrich_tokens=64, enrich_batch=16),
+                 generate_steps=100, enrich_samples=16, enrich_tokens=64, enrich_batch=16,
+                 batching_model="BENCH", batching_steps=20, batching_requests=16, batching_batch=8),
     "tiny": dict(sd=None, llava=None, latent=8, micro_batch=2, train_steps=2, generate_steps=2, enrich_samples=2,
-                 enrich_tokens=3, enrich_batch=2),
+                 enrich_tokens=3, enrich_batch=2, batching_model=None, batching_steps=2, batching_requests=4,
+                 batching_batch=2),
 }
 # Peak dense bf16 tensor FLOP/s by device name (vendor data sheets, SXM parts, no sparsity).
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PARTS = ("train", "generate", "enrich", "batching")
 
 
 def presets(size: str) -> tuple[dict, dict]:
@@ -243,10 +250,36 @@ def bench_enrich(folder: Path, device: str, dtype_name: str, spec: dict) -> dict
             "speedup": round(one["seconds"] / big["seconds"], 2)}
 
 
+def bench_batching(work: Path, device: str, spec: dict, repeats: int) -> dict:
+    """Batched generation against one request at a time, with generate.py's own functions (this
+    folder is on sys.path when the script runs), on its benchmark model built here on `device`."""
+    import generate as generate_bench
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from lego_core.diffusion.build import build_from_pretrained
+    from lego_core.kit import make_tiny_instruct_pix2pix
+
+    sizes = getattr(generate_bench, spec["batching_model"]) if spec["batching_model"] else {}
+    with torch.device(device):
+        ip2p = make_tiny_instruct_pix2pix(work / "batching-ip2p", **sizes)
+    folder = work / "batching-lego"
+    build_from_pretrained(ip2p, conditioning="description", vllm=64).save_pretrained(folder)
+    frame = Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    steps = spec["batching_steps"]
+    out = generate_bench.bench_batching(folder, frame, steps, repeats, device, spec["batching_batch"],
+                                        spec["batching_requests"])
+    out["steps"] = steps
+    if device.startswith("cuda"):
+        out["peak_mib_by_offload"] = generate_bench.bench_offload_memory(folder, frame, steps)
+    return out
+
+
 def table(report: dict) -> str:
     """The one table gpu.sh prints."""
     rows = [("what", "setting", "result")]
-    tr, ge, en = report.get("train"), report.get("generate"), report.get("enrich")
+    tr, ge, en, ba = (report.get(k) for k in ("train", "generate", "enrich", "batching"))
     if tr:
         mfu = f"MFU {tr['mfu']:.1%}" if tr["mfu"] is not None else "MFU n/a (no peak known: --peak-tflops)"
         rows.append(("train", f"ZeRO-2, cached latents, micro-batch {tr['micro_batch']}, {report['dtype']}",
@@ -260,6 +293,13 @@ def table(report: dict) -> str:
         rows.append(("enrich", f"LLaVA {en['image_tokens']} x {en['width']}, greedy, {en['max_new_tokens']} tokens",
                      f"batch {en['batch']}: {en['batched']['tokens_per_s']} tokens/s, batch 1: "
                      f"{en['single']['tokens_per_s']} tokens/s ({en['speedup']}x)"))
+    if ba:
+        memory = ba.get("peak_mib_by_offload")
+        memory = ", peak MiB " + " / ".join(f"{k} {v}" for k, v in memory.items()) if memory else ""
+        rows.append(("batching", f"{ba['requests']} requests, batch {ba['batch_size']} vs 1, {ba['steps']} steps, "
+                                 "bench model, 256 px",
+                     f"{ba['batched_s']} s vs {ba['one_at_a_time_s']} s ({ba['speedup']}x), max pixel "
+                     f"difference {ba['max_pixel_diff']}{memory}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -271,15 +311,15 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="sd15")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    ap.add_argument("--parts", default="train,generate,enrich")
+    ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--repeats", type=int, default=3, help="generate: median of this many runs")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak FLOP/s for MFU (default: from its name)")
     ap.add_argument("--workdir", help="where the models are written (default: a temp folder)")
     ap.add_argument("--json", help="also write the report as JSON here")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
-    if parts - {"train", "generate", "enrich"}:
-        ap.error(f"--parts: unknown {sorted(parts - {'train', 'generate', 'enrich'})}")
+    if parts - set(PARTS):
+        ap.error(f"--parts: unknown {sorted(parts - set(PARTS))}")
 
     import torch
 
@@ -308,6 +348,9 @@ def main() -> None:
         release(args.device)
     if "enrich" in parts:
         report["enrich"] = bench_enrich(vllm, args.device, args.dtype, spec)
+        release(args.device)
+    if "batching" in parts:
+        report["batching"] = bench_batching(work, args.device, spec, args.repeats)
     report["total_s"] = round(time.perf_counter() - started, 1)
     print(table(report))
     print(f"({report['gpu'] or args.device}, torch {report['torch']}, models built in {report['built_s']} s, "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmark, one table at SD-1.5 size in bf16 (scripts/bench/gpu.py): training samples/s and
 # MFU (ZeRO-2, cached latents, micro-batch 32), generation latency (100 steps, 3 branches) against
-# diffusers' InstructPix2Pix, enrichment tokens/s with the real-width 2-layer LLaVA. Planned for
-# ≤ 8 minutes on one H200.
+# diffusers' InstructPix2Pix, enrichment tokens/s with the real-width 2-layer LLaVA; and `lego
+# generate`'s batching on generate.py's benchmark model (16 requests at batch 8 vs one at a time,
+# peak memory with and without CPU offload). Planned for ≤ 8 minutes on one H200.
 #
 # On a CUDA machine without network, with a CUDA torch but none of the other packages:
 #   here:  bash scripts/bench/gpu_wheels.sh            # the wheels, into gpu-wheels/ (git-ignored)
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --tiny) TINY=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
