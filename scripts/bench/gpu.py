@@ -270,7 +270,7 @@ def bench_batching(work: Path, device: str, spec: dict, repeats: int) -> dict:
     steps = spec["batching_steps"]
     out = generate_bench.bench_batching(folder, frame, steps, repeats, device, spec["batching_batch"],
                                         spec["batching_requests"])
-    out["steps"] = steps
+    out["steps"], out["model"] = steps, "bench model" if sizes else "tiny model"
     if device.startswith("cuda"):
         out["peak_mib_by_offload"] = generate_bench.bench_offload_memory(folder, frame, steps)
     return out
@@ -297,7 +297,7 @@ def table(report: dict) -> str:
         memory = ba.get("peak_mib_by_offload")
         memory = ", peak MiB " + " / ".join(f"{k} {v}" for k, v in memory.items()) if memory else ""
         rows.append(("batching", f"{ba['requests']} requests, batch {ba['batch_size']} vs 1, {ba['steps']} steps, "
-                                 "bench model, 256 px",
+                                 f"{ba['model']}, 256 px",
                      f"{ba['batched_s']} s vs {ba['one_at_a_time_s']} s ({ba['speedup']}x), max pixel "
                      f"difference {ba['max_pixel_diff']}{memory}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
