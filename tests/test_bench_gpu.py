@@ -28,28 +28,31 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def wheel_pins() -> dict[str, str]:
-    """gpu_wheels.sh's pins, name -> version, as its dry run prints them."""
+def wheels_dry_run() -> str:
+    """What gpu_wheels.sh --dry-run prints: the pins and the pip command it would run."""
     r = subprocess.run(["bash", str(BENCH / "gpu_wheels.sh"), "--dry-run"], capture_output=True, text=True,
                        env=_env(PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr
-    return dict(line.split("==") for line in r.stdout.splitlines() if "==" in line and not line.startswith("#"))
+    return r.stdout
+
+
+def pins_in(dry_run: str) -> dict[str, str]:
+    return dict(line.split("==") for line in dry_run.splitlines() if "==" in line and not line.startswith("#"))
 
 
 def gpu_machine_python(tmp_path: Path) -> Path:
     """An interpreter that sees only what gpu.sh may count on the GPU machine having: torch with what
     it depends on, and the wheels gpu_wheels.sh gathers. This environment's site-packages is left
     out (`-S`); a folder of links to just those distributions' files stands in for it."""
-    allowed, todo = {norm(n) for n in wheel_pins()}, ["torch"]
+    allowed, todo = {norm(n) for n in pins_in(wheels_dry_run())}, ["torch"]
     while todo:                                                     # torch's own closure
-        dist = metadata.distribution(todo.pop())
+        try:
+            dist = metadata.distribution(todo.pop())
+        except metadata.PackageNotFoundError:
+            continue
         allowed.add(norm(dist.metadata["Name"]))
-        for req in map(Requirement, dist.requires or []):
-            if (req.marker is None or req.marker.evaluate({"extra": ""})) and norm(req.name) not in allowed:
-                try:
-                    todo.append(metadata.distribution(req.name).metadata["Name"])
-                except metadata.PackageNotFoundError:
-                    pass
+        todo += [req.name for req in map(Requirement, dist.requires or [])
+                 if (req.marker is None or req.marker.evaluate({"extra": ""})) and norm(req.name) not in allowed]
     site, packages = tmp_path / "gpu-site", Path(sysconfig.get_paths()["purelib"])
     site.mkdir()
     for dist in metadata.distributions():
@@ -98,17 +101,15 @@ def test_gpu_sh_without_wheels_says_what_to_run(tmp_path):
 
 
 def test_gpu_wheels_pins_the_benchmarks_closure_without_torch():
-    r = subprocess.run(["bash", str(BENCH / "gpu_wheels.sh"), "--dry-run"], capture_output=True, text=True,
-                       env=_env(PYTHON=sys.executable))
-    assert r.returncode == 0, r.stderr
-    pins = wheel_pins()
+    dry_run = wheels_dry_run()
+    pins = pins_in(dry_run)
     names = {n.lower() for n in pins}
     for name in ("diffusers", "transformers", "deepspeed", "webdataset", "safetensors", "tokenizers",
                  "huggingface_hub"):
         assert pins[next(n for n in pins if n.lower() == name.lower())] == metadata.version(name)
     assert not {n for n in names if n == "torch" or n.startswith(("nvidia", "triton"))}
     assert "hf-xet" not in names and "lpips" not in names
-    assert "--only-binary=:all:" in r.stdout and "manylinux2014_x86_64" in r.stdout
+    assert "--only-binary=:all:" in dry_run and "manylinux2014_x86_64" in dry_run
 
 
 def test_gpu_wheels_refuses_a_folder_over_its_limit(tmp_path):
